@@ -1,0 +1,17 @@
+"""m3lite: MiniMax Sparse Attention (MSA), runnable and teachable.
+
+    import m3lite as m3
+    scores = m3.block_scores(iq, ik, block_size=128)          # [B, HI, T, NB]
+    sel = m3.select_blocks(scores, top_k=16)                   # [B, HI, T, 16], -1 padded
+    out = m3.sparse_attention(q, k, v, sel, block_size=128)    # [B, HQ, T, D]
+"""
+from . import env  # first: decides the device and the Triton interpreter before any kernel exists
+from .attention import (BlockCSR, Indexer, block_scores, build_block_csr, dense_attention,
+                        merge_partials, msa_attention, num_blocks, select_blocks, sparse_attention,
+                        tiled_attention)
+
+__version__ = "0.1.0"
+
+__all__ = ["env", "BlockCSR", "Indexer", "block_scores", "build_block_csr", "dense_attention",
+           "merge_partials", "msa_attention", "num_blocks", "select_blocks", "sparse_attention",
+           "tiled_attention"]

@@ -1,0 +1,6 @@
+"""Attention in plain torch: the dense references, the indexer and both sparse gather orders."""
+from .dense import attention_flops, causal_attended_tokens, dense_attention, tiled_attention
+from .indexer import Indexer, block_scores, num_blocks, select_blocks
+from .rope import apply_rope, rope_angles
+from .sparse import (BlockCSR, build_block_csr, merge_partials, msa_attention, sparse_attention,
+                     sparse_attention_kv, sparse_attention_query, unique_selection)
