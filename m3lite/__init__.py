@@ -6,12 +6,12 @@
     out = m3.sparse_attention(q, k, v, sel, block_size=128)    # [B, HQ, T, D]
 """
 from . import env  # first: decides the device and the Triton interpreter before any kernel exists
-from .attention import (BlockCSR, Indexer, block_scores, build_block_csr, dense_attention,
-                        merge_partials, msa_attention, num_blocks, select_blocks, sparse_attention,
-                        tiled_attention)
+from .attention import (BlockCSR, Indexer, attention_recall, block_scores, build_block_csr,
+                        dense_attention, merge_partials, msa_attention, num_blocks, select_blocks,
+                        selection_mask, sparse_attention, tiled_attention)
 
 __version__ = "0.1.0"
 
-__all__ = ["env", "BlockCSR", "Indexer", "block_scores", "build_block_csr", "dense_attention",
-           "merge_partials", "msa_attention", "num_blocks", "select_blocks", "sparse_attention",
-           "tiled_attention"]
+__all__ = ["env", "BlockCSR", "Indexer", "attention_recall", "block_scores", "build_block_csr",
+           "dense_attention", "merge_partials", "msa_attention", "num_blocks", "select_blocks",
+           "selection_mask", "sparse_attention", "tiled_attention"]

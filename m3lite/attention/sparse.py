@@ -207,3 +207,35 @@ def msa_attention(q, k, v, iq, ik, block_size=128, top_k=16, causal=True, scale=
     sel = select_blocks(scores, top_k=top_k, local=True, backend=backend)
     return sparse_attention(q, k, v, sel, block_size=block_size, causal=causal, scale=scale,
                             order=order, backend=backend, return_lse=return_lse)
+
+
+def selection_mask(sel, S, block_size):
+    """Token mask [B, HI, T, S]: True where a token's block is in the query's selection."""
+    B, HI, T, K = sel.shape
+    NB = num_blocks(S, block_size)
+    chosen = torch.zeros(B, HI, T, NB + 1, dtype=torch.bool, device=sel.device)
+    chosen.scatter_(-1, torch.where(sel < 0, NB, sel).long(), True)
+    block_of_token = torch.arange(S, device=sel.device) // block_size
+    return chosen[..., :NB][..., block_of_token]
+
+
+def attention_recall(q, k, sel, block_size=128, causal=True, scale=None):
+    """Share of dense attention mass that falls inside the selected blocks, per query head.
+
+    1.0 means the selection keeps everything dense attention looks at. Memory grows as T x S.
+    Args:
+        q: [B, HQ, T, D]; k: [B, HKV, S, D]; sel: int [B, HI, T, K] as in `sparse_attention`.
+    Returns:
+        float [B, HQ, T] in [0, 1].
+    """
+    B, HQ, HKV, T, S, D = checks.qkv(q, k, k, causal, scale)
+    HI, _ = checks.selection(sel, B, HKV, T, num_blocks(S, block_size), q.device)
+    scale = D ** -0.5 if scale is None else scale
+    acc = accum_dtype(q.dtype)
+    s = torch.einsum("bhtd,bhsd->bhts", q.to(acc), k.to(acc).repeat_interleave(HQ // HKV, 1)) * scale
+    allowed = torch.ones(T, S, dtype=torch.bool, device=q.device)
+    if causal:
+        allowed = torch.arange(S, device=q.device) <= query_positions(T, S, q.device)[:, None]
+    p, _ = masked_softmax_parts(s, allowed)
+    inside = selection_mask(sel, S, block_size).repeat_interleave(HQ // HI, 1)
+    return (p * inside).sum(-1)

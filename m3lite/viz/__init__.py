@@ -1,0 +1,1 @@
+"""Plotting helpers for the notebooks: pure functions that return matplotlib figures."""
