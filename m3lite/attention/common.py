@@ -14,20 +14,23 @@ def query_positions(T, S, device):
     return torch.arange(S - T, S, device=device)
 
 
-def masked_softmax_parts(s, allowed):
-    """Softmax pieces of scores `s` restricted to `allowed`, safe for rows with nothing allowed.
+def exp_and_lse(s):
+    """Unnormalised softmax of scores s [..., N] (-inf = masked), safe for rows with nothing left.
 
-    Returns (p, lse): p = exp(s - lse) on allowed entries and 0 elsewhere (all zeros for an empty
-    row), and lse = log-sum-exp over the allowed entries (-inf for an empty row). Gradients stay
+    Returns (e [..., N], l [..., 1], lse [...]): e / l is the softmax (l is clamped so that an
+    empty row gives zeros), lse = log-sum-exp of the row (-inf for an empty row). Gradients stay
     finite for empty rows.
     """
-    s = s.masked_fill(~allowed, NEG_INF)
     m = s.amax(-1, keepdim=True).detach()
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     e = torch.exp(s - m)
     l = e.sum(-1, keepdim=True)
-    nonempty = l > 0
     l_safe = l.clamp_min(torch.finfo(l.dtype).tiny)
-    p = e / l_safe
-    lse = torch.where(nonempty, m + torch.log(l_safe), torch.full_like(l, NEG_INF))
-    return p, lse.squeeze(-1)
+    lse = torch.where(l > 0, m + torch.log(l_safe), torch.full_like(l, NEG_INF))
+    return e, l_safe, lse.squeeze(-1)
+
+
+def masked_softmax_parts(s, allowed):
+    """Softmax of scores s restricted to `allowed` (safe for empty rows); returns (p, lse)."""
+    e, l, lse = exp_and_lse(s.masked_fill(~allowed, NEG_INF))
+    return e / l, lse

@@ -1,32 +1,19 @@
 """Sparse attention over selected blocks, in the two gather orders, in plain torch.
 
 order="query": each query gathers the tokens of its selected blocks (simple; a block chosen by
-    many queries is loaded many times).
-order="kv": the selection is inverted into a key-block -> queries map (CSR); each KV block is
-    loaded once and attends all the queries that chose it, with an exact softmax over that one
-    block; the partial (o, lse) of every (query, slot) is then merged by log-sum-exp.
+    many queries is loaded once per query that chose it).
+order="kv": KV outer, gather Q (kv_order.py): each KV block is loaded once for all the queries
+    that chose it, and the partial results are merged by log-sum-exp.
 """
-from typing import NamedTuple
-
 import torch
 
 from . import checks
-from .common import NEG_INF, accum_dtype, masked_softmax_parts, query_positions
+from .common import accum_dtype, masked_softmax_parts, query_positions
 from .indexer import block_scores, num_blocks, select_blocks
+from .kv_order import KVOrderAttention
 
 # Gathered key/value elements per chunk of queries in the query order.
 GATHER_CHUNK_ELEMENTS = 1 << 24
-
-
-class BlockCSR(NamedTuple):
-    """The selection inverted: for every (batch, index head, KV block), the queries that chose it.
-
-    Row r = (b * HI + hi) * NB + j lists entries offsets[r]:offsets[r + 1] of `query` (the query
-    index t) and `slot` (where in sel[b, hi, t] the block was chosen, 0..K-1).
-    """
-    offsets: torch.Tensor  # int64 [B * HI * NB + 1]
-    query: torch.Tensor    # int64 [nnz]
-    slot: torch.Tensor     # int64 [nnz]
 
 
 def unique_selection(sel):
@@ -38,97 +25,13 @@ def unique_selection(sel):
     return sel.masked_fill(repeat, -1)
 
 
-def build_block_csr(sel, num_blocks):
-    """Invert a selection sel [B, HI, T, K] (ids in [-1, NB)) into a key-block -> queries CSR."""
-    B, HI, T, K = sel.shape
-    flat = sel.reshape(B * HI, T * K).long()
-    valid = flat >= 0
-    row_of_entry = (torch.arange(B * HI, device=sel.device)[:, None] * num_blocks + flat)[valid]
-    entry = torch.arange(T * K, device=sel.device).expand(B * HI, -1)[valid]
-    order = torch.argsort(row_of_entry, stable=True)          # stable: queries stay in order
-    counts = torch.bincount(row_of_entry, minlength=B * HI * num_blocks)
-    offsets = torch.zeros(B * HI * num_blocks + 1, dtype=torch.long, device=sel.device)
-    offsets[1:] = counts.cumsum(0)
-    entry = entry[order]
-    return BlockCSR(offsets, entry // K, entry % K)
-
-
-def merge_partials(o, lse):
-    """Merge partial attention results like flash-decoding's split-KV combine.
-
-    Args:
-        o: [..., P, D] partial outputs, each normalised over its own part; lse: [..., P] their
-        log-sum-exps (-inf for an empty part).
-    Returns:
-        (o [..., D], lse [...]): the softmax over the union of the parts; zeros and -inf if all are empty.
-    """
-    m = lse.amax(-1, keepdim=True).detach()
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    w = torch.exp(lse - m)                                                   # [..., P]
-    total = w.sum(-1, keepdim=True)
-    total_safe = total.clamp_min(torch.finfo(total.dtype).tiny)
-    out = (w[..., None] * o).sum(-2) / total_safe
-    merged_lse = torch.where(total > 0, m + torch.log(total_safe), torch.full_like(total, NEG_INF))
-    return out, merged_lse.squeeze(-1)
-
-
-def _block_token_mask(block, block_size, S, pos_q, causal):
-    """Which of block `block`'s BS slots each query may see: real tokens, and causally visible."""
-    tokens = block * block_size + torch.arange(block_size, device=pos_q.device)
-    allowed = (tokens < S).expand(pos_q.shape[0], -1)
-    return allowed & (tokens <= pos_q[:, None]) if causal else allowed
-
-
-def sparse_attention_kv(q, k, v, sel, block_size, causal, scale):
-    """KV outer, gather Q: load each KV block once for all queries that chose it. Returns (o, lse)."""
-    B, HQ, T, D = q.shape
-    HKV, S, HI, K = k.shape[1], k.shape[2], sel.shape[1], sel.shape[-1]
-    NB, G, R = num_blocks(S, block_size), HQ // HKV, HKV // HI     # R: KV heads per selection row
-    acc = accum_dtype(q.dtype)
-    csr = build_block_csr(unique_selection(sel), NB)
-    pad = NB * block_size - S
-    kb = torch.nn.functional.pad(k.to(acc), (0, 0, 0, pad)).view(B, HI, R, NB, block_size, D)
-    vb = torch.nn.functional.pad(v.to(acc), (0, 0, 0, pad)).view(B, HI, R, NB, block_size, D)
-    qg = q.to(acc).view(B, HI, R, G, T, D)
-    pos_q = query_positions(T, S, q.device)
-    offsets = csr.offsets.tolist()
-    parts_o, parts_lse, where = [], [], []
-    for row in range(B * HI * NB):
-        lo, hi = offsets[row], offsets[row + 1]
-        if lo == hi:
-            continue
-        b, h, j = row // (HI * NB), (row // NB) % HI, row % NB
-        t = csr.query[lo:hi]                                                  # the queries that chose block j
-        s = torch.einsum("rgnd,rkd->rgnk", qg[b, h][:, :, t], kb[b, h, :, j]) * scale   # [R, G, n, BS]
-        p, lse = masked_softmax_parts(s, _block_token_mask(j, block_size, S, pos_q[t], causal))
-        parts_o.append(torch.einsum("rgnk,rkd->rgnd", p, vb[b, h, :, j]))
-        parts_lse.append(lse)
-        where.append(((b * HI + h) * T + t) * K + csr.slot[lo:hi])
-    return _scatter_and_merge(parts_o, parts_lse, where, (B, HI, R, G, T, K, D), acc, q.device)
-
-
-def _scatter_and_merge(parts_o, parts_lse, where, shape, acc, device):
-    """Place every partial at its (query, slot), then merge the K slots of each query."""
-    B, HI, R, G, T, K, D = shape
-    o_slots = torch.zeros(B * HI * T * K, R, G, D, dtype=acc, device=device)
-    lse_slots = torch.full((B * HI * T * K, R, G), NEG_INF, dtype=acc, device=device)
-    if where:
-        idx = torch.cat(where)
-        o_slots = o_slots.index_copy(0, idx, torch.cat(parts_o, dim=2).permute(2, 0, 1, 3))
-        lse_slots = lse_slots.index_copy(0, idx, torch.cat(parts_lse, dim=2).permute(2, 0, 1))
-    o_slots = o_slots.view(B, HI, T, K, R, G, D).permute(0, 1, 4, 5, 2, 3, 6)   # [B, HI, R, G, T, K, D]
-    lse_slots = lse_slots.view(B, HI, T, K, R, G).permute(0, 1, 4, 5, 2, 3)
-    out, lse = merge_partials(o_slots, lse_slots)
-    return out.reshape(B, HI * R * G, T, D), lse.reshape(B, HI * R * G, T)
-
-
 def sparse_attention_query(q, k, v, sel, block_size, causal, scale):
     """Query outer, gather KV: every query loads the tokens of its own selected blocks. Returns (o, lse)."""
     B, HQ, T, D = q.shape
     HKV, S, HI, K = k.shape[1], k.shape[2], sel.shape[1], sel.shape[-1]
     G, R = HQ // HKV, HKV // HI
     acc = accum_dtype(q.dtype)
-    sel = unique_selection(sel).long()
+    sel = sel.long()
     pos_q = query_positions(T, S, q.device)
     qg = q.to(acc).view(B, HI, R, G, T, D)
     kf, vf = k.to(acc).view(B, HI, R, S, D), v.to(acc).view(B, HI, R, S, D)
@@ -157,6 +60,11 @@ def _gather_tokens(x, tokens):
     return torch.gather(x, 3, idx).view(B, HI, R, C, N, D)
 
 
+def sparse_attention_kv(q, k, v, sel, block_size, causal, scale):
+    """KV outer, gather Q: load each KV block once for all queries that chose it. Returns (o, lse)."""
+    return KVOrderAttention.apply(q, k, v, sel, block_size, causal, scale)
+
+
 _ORDERS = {"query": sparse_attention_query, "kv": sparse_attention_kv}
 
 
@@ -180,7 +88,7 @@ def sparse_attention(q, k, v, sel, block_size=128, causal=True, scale=None, orde
     checks.flag(return_lse, "return_lse")
     checks.backend(backend)
     scale = D ** -0.5 if scale is None else scale
-    out, lse = _ORDERS[order](q, k, v, sel, block_size, causal, scale)
+    out, lse = _ORDERS[order](q, k, v, unique_selection(sel), block_size, causal, scale)
     out = out.to(q.dtype)
     return (out, lse) if return_lse else out
 

@@ -9,11 +9,16 @@ def close(got, expected, atol=1e-5, rtol=1e-4):
             return False, f"expected a tensor, got {type(got).__name__}"
         if got.shape != expected.shape:
             return False, f"expected shape {tuple(expected.shape)}, got {tuple(got.shape)}"
-        if expected.dtype == torch.bool or not expected.dtype.is_floating_point:
+        if expected.dtype == torch.bool and got.dtype != torch.bool:
+            return False, f"expected a bool tensor, got dtype {got.dtype}"
+        if not expected.dtype.is_floating_point:
             same = torch.equal(got.to(expected.dtype), expected)
             return same, "" if same else "some entries differ"
-        if not torch.allclose(got.to(expected.dtype), expected, atol=atol, rtol=rtol, equal_nan=True):
-            err = (got.to(expected.dtype) - expected).abs().nan_to_num(float("inf")).max().item()
+        got = got.to(expected.dtype)
+        if (got.isnan() & ~expected.isnan()).any():
+            return False, "your result has NaN where a number was expected"
+        if not torch.allclose(got, expected, atol=atol, rtol=rtol, equal_nan=True):
+            err = (got - expected).abs().nan_to_num(float("inf")).max().item()
             return False, f"values differ (max abs error {err:.3g})"
         return True, ""
     if isinstance(expected, (tuple, list)):

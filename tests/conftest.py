@@ -1,0 +1,58 @@
+"""Shared helpers: an independent masked-dense oracle and random inputs."""
+import math
+
+import pytest
+import torch
+
+
+def token_mask(sel, T, S, block_size, causal):
+    """Explicit [B, HI, T, S] mask: token s is allowed for query t if its block was selected."""
+    B, HI, _, K = sel.shape
+    mask = torch.zeros(B, HI, T, S, dtype=torch.bool)
+    for b in range(B):
+        for h in range(HI):
+            for t in range(T):
+                for j in sel[b, h, t].tolist():
+                    if j >= 0:
+                        mask[b, h, t, j * block_size:(j + 1) * block_size] = True
+    if causal:
+        mask &= torch.arange(S) <= (torch.arange(T) + S - T)[:, None]
+    return mask
+
+
+def masked_reference(q, k, v, mask, scale=None):
+    """Attention in float64 with an explicit token mask [B, HI, T, S]; returns (out, lse)."""
+    B, HQ, T, D = q.shape
+    HKV, HI = k.shape[1], mask.shape[1]
+    scale = D ** -0.5 if scale is None else scale
+    kk = k.double().repeat_interleave(HQ // HKV, 1)
+    vv = v.double().repeat_interleave(HQ // HKV, 1)
+    m = mask.repeat_interleave(HQ // HI, 1)
+    s = (q.double() @ kk.transpose(-1, -2) * scale).masked_fill(~m, -math.inf)
+    lse = torch.logsumexp(s, -1)
+    p = torch.softmax(s, -1).nan_to_num(0.0)
+    return p @ vv, lse
+
+
+def random_selection(B, HI, T, S, block_size, K, seed=0, causal=True):
+    """Own block first, then random earlier (or any, non-causal) distinct blocks; -1 padded."""
+    g = torch.Generator().manual_seed(seed)
+    NB = math.ceil(S / block_size)
+    sel = torch.full((B, HI, T, K), -1, dtype=torch.int32)
+    for b in range(B):
+        for h in range(HI):
+            for t in range(T):
+                own = (S - T + t) // block_size if causal else NB - 1
+                others = [j for j in torch.randperm(own + 1, generator=g).tolist() if j != own]
+                ids = ([own] + others)[:K]
+                sel[b, h, t, :len(ids)] = torch.tensor(ids, dtype=torch.int32)
+    return sel
+
+
+def randn(*shape, seed=0, dtype=torch.float32):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+@pytest.fixture
+def oracle():
+    return masked_reference
