@@ -108,7 +108,8 @@ def test_block_load_counts_by_hand():
     assert block_load_counts(sel, 4, "kv").tolist() == [2, 1, 2, 0]
 
 
-@pytest.mark.parametrize("B, HI, T, S, BS, K", [(1, 1, 63, 63, 16, 3), (2, 2, 5, 37, 8, 2), (1, 3, 100, 100, 7, 20)],
+@pytest.mark.parametrize("B, HI, T, S, BS, K",
+                         [(1, 1, 63, 63, 16, 3), (2, 2, 5, 37, 8, 2), (1, 3, 100, 100, 7, 20)],
                          ids=["B1-H1-T63-BS16-K3", "B2-H2-T5-S37-BS8-K2", "B1-H3-T100-BS7-K20"])
 def test_block_load_counts_match_the_csr(B, HI, T, S, BS, K):
     torch.manual_seed(0)
@@ -154,7 +155,7 @@ def test_pictures_are_figures():
     figs = [plot_block_selection(scores[0, 0], sel[0, 0], 40, 8),
             plot_block_selection(scores[0, 0], sel[0, 0], 40, 8, mass=scores[0, 0].softmax(-1)),
             plot_curves([1, 2, 4], {"a": [0.1, 0.5, 0.9]}, "top_k", logx=True),
-            plot_load_counts({"query": block_load_counts(sel, 5, "query"), "kv": block_load_counts(sel, 5, "kv")}),
+            plot_load_counts({order: block_load_counts(sel, 5, order) for order in ("query", "kv")}),
             plot_selection_csr(sel[0, 0, :6], 5)]
     for fig in figs:
         assert isinstance(fig, Figure) and 80 <= fig.dpi <= 100

@@ -21,12 +21,11 @@ def exp_and_lse(s):
     empty row gives zeros), lse = log-sum-exp of the row (-inf for an empty row). Gradients stay
     finite for empty rows.
     """
-    m = s.amax(-1, keepdim=True).detach()
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    m = s.amax(-1, keepdim=True).detach().clamp_min(torch.finfo(s.dtype).min)   # finite, even if empty
     e = torch.exp(s - m)
     l = e.sum(-1, keepdim=True)
     l_safe = l.clamp_min(torch.finfo(l.dtype).tiny)
-    lse = torch.where(l > 0, m + torch.log(l_safe), torch.full_like(l, NEG_INF))
+    lse = torch.where(l > 0, m + torch.log(l_safe), NEG_INF)
     return e, l_safe, lse.squeeze(-1)
 
 

@@ -68,13 +68,23 @@ class _Blocks:
         HKV, S = k.shape[1], k.shape[2]
         self.HI, self.K = sel_shape[1], sel_shape[3]
         self.NB, self.G, self.R = num_blocks(S, block_size), HQ // HKV, HKV // self.HI
-        self.shape, self.S, self.block_size, self.causal, self.csr = (B, HQ, T, D), S, block_size, causal, csr
+        self.shape, self.block_size, self.csr = (B, HQ, T, D), block_size, csr
         pad = self.NB * block_size - S
         blocks = (B, self.HI, self.R, self.NB, block_size, D)
         self.kb = torch.nn.functional.pad(k, (0, 0, 0, pad)).view(blocks)
         self.vb = torch.nn.functional.pad(v, (0, 0, 0, pad)).view(blocks)
         self.q_rows = self.to_rows(q * scale)
-        self.pos_q = query_positions(T, S, q.device)
+        # per CSR entry: where its partial goes, and the first token of its block it may not see
+        row = torch.repeat_interleave(torch.arange(len(csr.offsets) - 1, device=q.device), csr.offsets.diff())
+        block, batch_head = row % self.NB, row // self.NB
+        self.slot_index = (batch_head * T + csr.query) * self.K + csr.slot
+        start = block * block_size
+        first_hidden = (S - start).clamp(max=block_size)                 # a partial last block ends early
+        if causal:
+            first_hidden = torch.minimum(first_hidden, query_positions(T, S, q.device)[csr.query] + 1 - start)
+        self.first_hidden = first_hidden.clamp(min=0)
+        partly_hidden = torch.cat((csr.offsets.new_zeros(1), (self.first_hidden < block_size).cumsum(0)))
+        self.partly_hidden = (partly_hidden[csr.offsets[1:]] - partly_hidden[csr.offsets[:-1]]).tolist()
 
     def to_rows(self, x):
         """[B, HQ, T, ...] -> [B, HI, T, R, G, ...]."""
@@ -98,19 +108,12 @@ class _Blocks:
             b, h, j = row // (self.HI * self.NB), (row // self.NB) % self.HI, row % self.NB
             t = self.csr.query[lo:hi]                                  # the queries that chose block j
             q = self.q_rows[b, h].index_select(0, t)                   # gather Q
-            yield b, h, j, lo, hi, t, q, self.scores(q, b, h, j, t)
-
-    def scores(self, q, b, h, j, t):
-        """Masked scores [R, n, G, BS] of the gathered queries q [n, R, G, D] against block j."""
-        BS = self.block_size
-        s = rows_matmul(q.transpose(0, 1), self.kb[b, h, :, j].transpose(1, 2))
-        seen = self.pos_q[t] + 1 - j * BS if self.causal else torch.full_like(t, BS)
-        first_hidden = seen.clamp(0, min(BS, self.S - j * BS))
-        partly_hidden = int((first_hidden < BS).sum())
-        if partly_hidden:  # queries are in order, so the ones that need a mask come first
-            hidden = torch.arange(BS, device=s.device) >= first_hidden[:partly_hidden, None]
-            s[:, :partly_hidden].masked_fill_(hidden[:, None, :], NEG_INF)
-        return s
+            s = rows_matmul(q.transpose(0, 1), self.kb[b, h, :, j].transpose(1, 2))
+            masked = self.partly_hidden[row]
+            if masked:  # queries are in order, so the ones that need a mask come first
+                hidden = torch.arange(self.block_size, device=s.device) >= self.first_hidden[lo:lo + masked, None]
+                s[:, :masked].masked_fill_(hidden[:, None, :], NEG_INF)
+            yield b, h, j, lo, hi, t, q, s
 
 
 def rows_matmul(x, w):
@@ -131,9 +134,8 @@ def kv_forward(blocks):
     for b, h, j, lo, hi, t, q, s in blocks:
         e, l, lse = exp_and_lse(s)                                      # exact softmax over one block
         o = rows_matmul(e, blocks.vb[b, h, :, j]) / l                   # [R, n, G, D]
-        slot = ((b * blocks.HI + h) * T + t) * K + blocks.csr.slot[lo:hi]
-        o_slots.index_copy_(0, slot, o.transpose(0, 1))
-        lse_slots.index_copy_(0, slot, lse.transpose(0, 1))
+        o_slots.index_copy_(0, blocks.slot_index[lo:hi], o.transpose(0, 1))
+        lse_slots.index_copy_(0, blocks.slot_index[lo:hi], lse.transpose(0, 1))
     o, lse = merge_partials(o_slots.view(-1, K, R, G, D).movedim(1, -2), lse_slots.view(-1, K, R, G).movedim(1, -1))
     return o.view(B, blocks.HI, T, R, G, D), lse.view(B, blocks.HI, T, R, G)
 

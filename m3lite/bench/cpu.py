@@ -1,16 +1,13 @@
 """CPU benchmark: dense SDPA causal vs sparse_attention(order="kv", backend="torch").
 
-Times are medians of interleaved repeats in one process. Peak memory is measured for each method
-in a fresh child process (peak resident memory above what the inputs already take), since a
-process's peak can only grow.
+Times are medians of interleaved repeats in one process. Peak memory is the growth of the
+process's resident memory during one call, measured on Linux by resetting the kernel's high-water
+mark (/proc/self/clear_refs) before the call.
 """
 import json
 import os
 import platform
-import resource
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
@@ -42,10 +39,9 @@ def methods(BS=64):
     }
 
 
-def time_methods(T, repeats, shape):
+def time_methods(inputs, repeats, block_size):
     """Median seconds per method, repeats interleaved so both see the same machine state."""
-    inputs = make_inputs(T, **shape)
-    fns = methods(shape["BS"])
+    fns = methods(block_size)
     times = {name: [] for name in fns}
     with torch.inference_mode():
         for name, fn in fns.items():
@@ -58,18 +54,21 @@ def time_methods(T, repeats, shape):
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def measure_peak(name, T, shape):
-    """In a child process: peak memory (MB) of one call above the inputs' footprint."""
-    code = (f"import json, torch; from m3lite.bench import cpu; shape = {shape!r}; "
-            f"x = cpu.make_inputs({T}, **shape); base = cpu.peak_rss_mb(); "
-            f"torch.inference_mode().__enter__(); cpu.methods(shape['BS'])[{name!r}](*x); "
-            f"print(json.dumps(cpu.peak_rss_mb() - base))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(done.stdout.strip().splitlines()[-1])
+def peak_memory_mb(fn, *args):
+    """MB of resident memory one call of fn(*args) adds at its peak, or None where Linux can't tell."""
+    try:
+        before = _status_kb("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")                                        # reset the peak (VmHWM) to now
+    except OSError:
+        return None
+    fn(*args)
+    return (_status_kb("VmHWM") - before) / 1024
 
 
 def run(lengths=(4096, 16384), repeats=3, shape=None, memory=True):
@@ -77,11 +76,13 @@ def run(lengths=(4096, 16384), repeats=3, shape=None, memory=True):
     shape = dict(SHAPE, **(shape or {}))
     rows = []
     for T in lengths:
-        times = time_methods(T, repeats, shape)
-        for name, seconds in times.items():
-            rows.append(dict(T=T, method=name, ms=1e3 * seconds,
-                             speedup_vs_sdpa=times["sdpa_dense_causal"] / seconds,
-                             peak_mb=measure_peak(name, T, shape) if memory else None))
+        inputs = make_inputs(T, **shape)
+        times = time_methods(inputs, repeats, shape["BS"])
+        for name, fn in methods(shape["BS"]).items():
+            with torch.inference_mode():
+                peak = peak_memory_mb(fn, *inputs) if memory else None
+            rows.append(dict(T=T, method=name, ms=1e3 * times[name],
+                             speedup_vs_sdpa=times["sdpa_dense_causal"] / times[name], peak_mb=peak))
     return rows
 
 
@@ -102,7 +103,7 @@ def table(rows):
 def add_arguments(parser):
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child runs")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--json", help="also write the results and the machine to this JSON file")
 
 

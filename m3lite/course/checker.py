@@ -18,7 +18,7 @@ def close(got, expected, atol=1e-5, rtol=1e-4):
         if (got.isnan() & ~expected.isnan()).any():
             return False, "your result has NaN where a number was expected"
         if not torch.allclose(got, expected, atol=atol, rtol=rtol, equal_nan=True):
-            err = (got - expected).abs().nan_to_num(float("inf")).max().item()
+            err = (got - expected).abs().nan_to_num(nan=float("inf"), posinf=float("inf")).max().item()
             return False, f"values differ (max abs error {err:.3g})"
         return True, ""
     if isinstance(expected, (tuple, list)):

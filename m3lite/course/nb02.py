@@ -35,7 +35,8 @@ def same_scores(got, expected):
         if wrong.any():
             b, h, t, j = wrong.nonzero()[0].tolist()
             want = "-inf (none of its tokens is visible)" if expected[b, h, t, j] == NEG_INF else "finite"
-            return False, f"query {t} of head {h} (batch {b}), block {j}: expected {want}, got {got[b, h, t, j].item():.4g}"
+            return False, (f"query {t} of head {h} (batch {b}), block {j}: expected {want}, "
+                           f"got {got[b, h, t, j].item():.4g}")
     return close(got, expected)
 
 

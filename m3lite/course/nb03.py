@@ -23,9 +23,11 @@ def check_count_loads(fn):
     cases = []
     for i, (label, B, HI, T, S, BS, K) in enumerate(SIZES):
         sel, NB = _selection(B, HI, T, S, BS, K, seed=i), num_blocks(S, BS)
-        cases.append((label, (sel, NB), (block_load_counts(sel, NB, "query"), block_load_counts(sel, NB, "kv"))))
+        expected = (block_load_counts(sel, NB, "query"), block_load_counts(sel, NB, "kv"))
+        cases.append((label, (sel, NB), expected))
     sel = torch.tensor([[[[0, -1], [-1, -1], [0, 2]]]], dtype=torch.int32)   # block 1 is never chosen
-    cases.append(("hand-made, an unused block", (sel, 4), (torch.tensor([2, 0, 1, 0]), torch.tensor([1, 0, 1, 0]))))
+    expected = (torch.tensor([2, 0, 1, 0]), torch.tensor([1, 0, 1, 0]))
+    cases.append(("hand-made, an unused block", (sel, 4), expected))
     return verdict("count_loads", fn, cases)
 
 

@@ -15,7 +15,7 @@ def count_loads(sel, num_blocks):
 
 
 def invert_selection(sel, num_blocks):
-    """sel int [T, K] -> CSR (offsets int64 [NB + 1], queries int64 [nnz]): the queries of each block, in order."""
+    """Invert sel int [T, K] into a CSR: offsets int64 [NB + 1] and queries int64 [nnz], in order."""
     lists = [[] for _ in range(num_blocks)]
     for t, row in enumerate(sel.tolist()):
         for j in row:

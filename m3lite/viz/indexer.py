@@ -66,7 +66,8 @@ def plot_block_selection(scores, sel, S, block_size, mass=None, relative=False, 
     ax.imshow(grid.numpy(), cmap=ListedColormap(SELECTION_COLORS), vmin=-0.5,
               vmax=len(SELECTION_NAMES) - 0.5, aspect="auto", interpolation="nearest", extent=extent)
     _label(ax, f"selection (top_k = {sel.shape[-1]})")
-    handles = [Patch(facecolor=c, edgecolor="#777777", label=n) for n, c in zip(SELECTION_NAMES, SELECTION_COLORS)]
+    handles = [Patch(facecolor=c, edgecolor="#777777", label=n)
+               for n, c in zip(SELECTION_NAMES, SELECTION_COLORS)]
     fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
     return fig
 
