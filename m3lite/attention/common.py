@@ -14,15 +14,15 @@ def query_positions(T, S, device):
     return torch.arange(S - T, S, device=device)
 
 
-def exp_and_lse(s):
+def exp_and_lse(s, overwrite=False):
     """Unnormalised softmax of scores s [..., N] (-inf = masked), safe for rows with nothing left.
 
     Returns (e [..., N], l [..., 1], lse [...]): e / l is the softmax (l is clamped so that an
     empty row gives zeros), lse = log-sum-exp of the row (-inf for an empty row). Gradients stay
-    finite for empty rows.
+    finite for empty rows. overwrite=True reuses the memory of s for e (outside autograd).
     """
     m = s.amax(-1, keepdim=True).detach().clamp_min(torch.finfo(s.dtype).min)   # finite, even if empty
-    e = torch.exp(s - m)
+    e = (s.sub_(m) if overwrite else s - m).exp_()
     l = e.sum(-1, keepdim=True)
     l_safe = l.clamp_min(torch.finfo(l.dtype).tiny)
     lse = torch.where(l > 0, m + torch.log(l_safe), NEG_INF)

@@ -132,8 +132,8 @@ def kv_forward(blocks):
     o_slots = blocks.q_rows.new_zeros(B * blocks.HI * T * K, R, G, D)   # unused slots stay empty:
     lse_slots = blocks.q_rows.new_full((B * blocks.HI * T * K, R, G), NEG_INF)   # o = 0, lse = -inf
     for b, h, j, lo, hi, t, q, s in blocks:
-        e, l, lse = exp_and_lse(s)                                      # exact softmax over one block
-        o = rows_matmul(e, blocks.vb[b, h, :, j]) / l                   # [R, n, G, D]
+        e, l, lse = exp_and_lse(s, overwrite=True)                      # exact softmax over one block
+        o = rows_matmul(e, blocks.vb[b, h, :, j]).div_(l)               # [R, n, G, D]
         o_slots.index_copy_(0, blocks.slot_index[lo:hi], o.transpose(0, 1))
         lse_slots.index_copy_(0, blocks.slot_index[lo:hi], lse.transpose(0, 1))
     o, lse = merge_partials(o_slots.view(-1, K, R, G, D).movedim(1, -2), lse_slots.view(-1, K, R, G).movedim(1, -1))
@@ -152,7 +152,7 @@ def kv_backward(blocks, o, lse, do, dlse):
     lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
     dq, dkb, dvb = torch.zeros_like(blocks.q_rows), torch.zeros_like(blocks.kb), torch.zeros_like(blocks.vb)
     for b, h, j, lo, hi, t, q, s in blocks:
-        p = torch.exp(s - lse[b, h, t].transpose(0, 1)[..., None])     # [R, n, G, BS]
+        p = s.sub_(lse[b, h, t].transpose(0, 1)[..., None]).exp_()     # [R, n, G, BS]
         do_t = do[b, h, t].transpose(0, 1)                              # [R, n, G, D]
         dp = rows_matmul(do_t, blocks.vb[b, h, :, j].transpose(1, 2))
         ds = p * (dp - delta[b, h, t].transpose(0, 1)[..., None])

@@ -1,0 +1,38 @@
+import json
+
+import torch
+
+import m3lite as m3
+from m3lite.bench import __main__ as bench_main
+from m3lite.bench import cpu
+
+
+def test_benchmark_inputs_are_a_valid_causal_selection():
+    q, k, v, sel = cpu.make_inputs(300, HQ=4, HKV=2, D=8, BS=32, K=3)
+    own = torch.arange(300) // 32
+    assert sel.shape == (1, 2, 300, 3) and (sel == own[:, None].int()).any(-1).all()
+    assert (sel <= own[:, None]).all()
+
+
+def test_benchmark_methods_compute_the_same_attention_when_everything_is_selected():
+    q, k, v, _ = cpu.make_inputs(128, HQ=4, HKV=2, D=8, BS=32, K=4)
+    everything = torch.arange(4, dtype=torch.int32).expand(1, 2, 128, 4).contiguous()
+    outs = [fn(q, k, v, everything) for fn in cpu.methods(BS=32).values()]
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_benchmark_runs_and_writes_json(tmp_path, capsys):
+    path = tmp_path / "cpu.json"
+    bench_main.main(["cpu", "--lengths", "256", "--repeats", "1", "--json", str(path)])
+    printed = capsys.readouterr().out
+    assert "sdpa_dense_causal" in printed and "sparse_kv_torch" in printed
+    record = json.loads(path.read_text())
+    assert record["machine"]["torch"] == torch.__version__
+    rows = {r["method"]: r for r in record["rows"]}
+    assert rows["sdpa_dense_causal"]["speedup_vs_sdpa"] == 1.0
+    assert all(r["ms"] > 0 and r["T"] == 256 for r in rows.values())
+
+
+def test_peak_memory_sees_a_large_allocation():
+    peak = cpu.peak_memory_mb(lambda: torch.ones(64 * 2**20 // 4).sum())          # 64 MB
+    assert peak is None or 48 <= peak < 256
