@@ -136,7 +136,8 @@ def kv_forward(blocks):
         o = rows_matmul(e, blocks.vb[b, h, :, j]).div_(l)               # [R, n, G, D]
         o_slots.index_copy_(0, blocks.slot_index[lo:hi], o.transpose(0, 1))
         lse_slots.index_copy_(0, blocks.slot_index[lo:hi], lse.transpose(0, 1))
-    o, lse = merge_partials(o_slots.view(-1, K, R, G, D).movedim(1, -2), lse_slots.view(-1, K, R, G).movedim(1, -1))
+    o_slots, lse_slots = o_slots.view(-1, K, R, G, D), lse_slots.view(-1, K, R, G)   # [B * HI * T, K, ...]
+    o, lse = merge_partials(o_slots.movedim(1, -2), lse_slots.movedim(1, -1))
     return o.view(B, blocks.HI, T, R, G, D), lse.view(B, blocks.HI, T, R, G)
 
 
@@ -146,8 +147,6 @@ def kv_backward(blocks, o, lse, do, dlse):
     With P the softmax over all of a query's selected tokens (exp(s - lse)): dv = P^T dO,
     dS = P * (dO V^T - delta) with delta = rowsum(dO * O) - dlse, dk = dS^T q, dq = dS k.
     """
-    B, HQ, T, D = blocks.shape
-    R, G = blocks.R, blocks.G
     delta = (do * o).sum(-1) - dlse                                    # [B, HI, T, R, G]
     lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
     dq, dkb, dvb = torch.zeros_like(blocks.q_rows), torch.zeros_like(blocks.kb), torch.zeros_like(blocks.vb)
