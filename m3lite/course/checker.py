@@ -12,8 +12,12 @@ def close(got, expected, atol=1e-5, rtol=1e-4):
         if expected.dtype == torch.bool and got.dtype != torch.bool:
             return False, f"expected a bool tensor, got dtype {got.dtype}"
         if not expected.dtype.is_floating_point:
-            same = torch.equal(got.to(expected.dtype), expected)
-            return same, "" if same else "some entries differ"
+            differ = (got.to(expected.dtype) != expected).nonzero()
+            if len(differ) == 0:
+                return True, ""
+            where = tuple(differ[0].tolist())
+            return False, (f"{len(differ)} entries differ, the first at index {where}: "
+                           f"expected {expected[where].item()}, got {got[where].item()}")
         got = got.to(expected.dtype)
         if (got.isnan() & ~expected.isnan()).any():
             return False, "your result has NaN where a number was expected"
