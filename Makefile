@@ -9,6 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed$(if $(GPU),-gpu,-cpu)
 CONSTRAINTS := $(if $(GPU),,-c constraints-cpu.txt)
 PYTEST_WORKERS ?= 2
+LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root)  # containers often run as root
 
 .PHONY: setup lab test bench-cpu clean
 
@@ -23,7 +24,7 @@ $(STAMP): requirements.txt constraints-cpu.txt pyproject.toml
 	touch $(STAMP)
 
 lab: setup
-	$(BIN)/jupyter lab notebooks/00_welcome.ipynb
+	$(BIN)/jupyter lab $(LAB_FLAGS) notebooks/00_welcome.ipynb
 
 test: setup
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope --nbval-lax tests notebooks

@@ -1,4 +1,4 @@
-"""Every bad input gets a clear error that names the argument (DESIGN.md, "Public API")."""
+"""Every bad input gets a clear error that names the argument (README, "The API")."""
 import pytest
 import torch
 

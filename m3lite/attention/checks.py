@@ -59,7 +59,7 @@ def causal_lengths(causal, T, S):
 
 
 def qkv(q, k, v, causal, scale_value):
-    """Validate q, k, v as in DESIGN.md; return (B, HQ, HKV, T, S, D)."""
+    """Validate q, k, v as the API contract says (README, "The API"); return (B, HQ, HKV, T, S, D)."""
     B, HQ, T, D = tensor(q, "q", layout="[B, HQ, T, D]")
     Bk, HKV, S, Dk = tensor(k, "k", layout="[B, HKV, S, D]")
     tensor(v, "v", layout="[B, HKV, S, D]")
