@@ -5,6 +5,7 @@ is present, turns on the Triton interpreter (`TRITON_INTERPRET=1`) so that the T
 CPU tensors. The variable must be set before any `@triton.jit` function is defined, which is why
 nothing else in the package asks `torch.cuda.is_available()`.
 """
+import importlib.util
 import os
 
 import torch
@@ -15,6 +16,7 @@ if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+HAS_TRITON = importlib.util.find_spec("triton") is not None
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
 
 

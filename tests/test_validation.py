@@ -56,11 +56,6 @@ def test_sparse_attention_rejects(label, changes, error, message):
         sparse(**changes)
 
 
-def test_triton_backend_says_it_is_not_there_yet():
-    with pytest.raises(NotImplementedError, match="backend='torch'"):
-        sparse(backend="triton")
-
-
 MSA_CASES = [
     ("ik has two heads", dict(ik=torch.randn(1, 2, 32, 4)), ValueError, "exactly one"),
     ("index dims differ", dict(ik=torch.randn(1, 1, 32, 6)), ValueError, "index dim"),

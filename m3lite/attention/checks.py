@@ -1,6 +1,8 @@
 """Input validation shared by every public function: clear errors that name the argument."""
 import torch
 
+from .. import env
+
 BACKENDS = ("auto", "torch", "triton")
 ORDERS = ("query", "kv")
 
@@ -128,12 +130,13 @@ def scores(s):
         raise ValueError("scores must have at least one block (NB >= 1)")
 
 
-def backend(value, supported=("torch",)):
-    """Resolve `backend` to one the caller implements."""
+def backend(value, *tensors):
+    """Resolve `backend` for these inputs: "auto" is Triton for CUDA tensors that need no gradient."""
     choice(value, "backend", BACKENDS)
+    if value == "triton" and not env.HAS_TRITON:
+        raise ValueError("backend='triton' needs the triton package (Linux); use backend='torch'")
     if value == "auto":
-        return "torch"
-    if value not in supported:
-        raise NotImplementedError(
-            f"backend={value!r} is not available yet (the Triton kernels arrive with issue 3); use backend='torch'")
+        on_gpu = bool(tensors) and tensors[0].is_cuda and env.HAS_TRITON
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+        return "triton" if on_gpu and not needs_grad else "torch"
     return value

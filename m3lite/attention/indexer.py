@@ -31,8 +31,10 @@ def block_scores(iq, ik, block_size=128, causal=True, scale=None, backend="auto"
     checks.flag(causal, "causal")
     checks.causal_lengths(causal, T, S)
     checks.scale(scale)
-    checks.backend(backend)
     scale = DI ** -0.5 if scale is None else scale
+    if checks.backend(backend, iq, ik) == "triton":
+        from .. import kernels
+        return kernels.block_scores(iq, ik, block_size, causal, scale)
     NB = num_blocks(S, block_size)
     out = torch.empty(B, HI, T, NB, dtype=torch.float32, device=iq.device)
     pos = query_positions(T, S, iq.device)
@@ -70,7 +72,9 @@ def select_blocks(scores, top_k=16, local=True, backend="auto"):
     checks.scores(scores)
     checks.positive_int(top_k, "top_k")
     checks.flag(local, "local")
-    checks.backend(backend)
+    if checks.backend(backend, scores) == "triton":
+        from .. import kernels
+        return kernels.select_blocks(scores, top_k, local)
     NB = scores.shape[-1]
     visible = scores > NEG_INF
     ranked = scores.float()

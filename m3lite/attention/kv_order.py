@@ -56,6 +56,13 @@ def merge_partials(o, lse):
     return out / total, merged_lse
 
 
+def slot_index(csr, T, K, num_blocks):
+    """For each CSR entry: its flat (batch, index head, query, slot) index, and its block id."""
+    row = torch.repeat_interleave(torch.arange(len(csr.offsets) - 1, device=csr.query.device), csr.offsets.diff())
+    batch_head, block = row // num_blocks, row % num_blocks
+    return (batch_head * T + csr.query) * K + csr.slot, block
+
+
 class _Blocks:
     """The loop over (batch, index head, KV block) rows of the CSR that both passes share.
 
@@ -75,9 +82,7 @@ class _Blocks:
         self.vb = torch.nn.functional.pad(v, (0, 0, 0, pad)).view(blocks)
         self.q_rows = self.to_rows(q * scale)
         # per CSR entry: where its partial goes, and the first token of its block it may not see
-        row = torch.repeat_interleave(torch.arange(len(csr.offsets) - 1, device=q.device), csr.offsets.diff())
-        block, batch_head = row % self.NB, row // self.NB
-        self.slot_index = (batch_head * T + csr.query) * self.K + csr.slot
+        self.slot_index, block = slot_index(csr, T, self.K, self.NB)
         start = block * block_size
         first_hidden = (S - start).clamp(max=block_size)                 # a partial last block ends early
         if causal:

@@ -76,7 +76,8 @@ def sparse_attention(q, k, v, sel, block_size=128, causal=True, scale=None, orde
         q: [B, HQ, T, D]; k, v: [B, HKV, S, D]; sel: int [B, HI, T, K] block ids, -1 = none,
             shared by the HQ // HI query heads of each selection row; HKV % HI == 0.
         block_size: tokens per block; causal: bottom-right aligned; scale: default D ** -0.5.
-        order: "query" or "kv" (see the module docstring); backend: "torch" (or "auto").
+        order: "query" or "kv" (see the module docstring); backend: "torch", "triton" (m3lite.kernels,
+            forward only) or "auto" (Triton for CUDA tensors that need no gradient, else torch).
     Returns:
         out [B, HQ, T, D] in q's dtype (zeros for a query with nothing to attend),
         and lse [B, HQ, T] (float32, or float64 for float64 inputs) when return_lse.
@@ -86,9 +87,12 @@ def sparse_attention(q, k, v, sel, block_size=128, causal=True, scale=None, orde
     checks.selection(sel, B, HKV, T, num_blocks(S, block_size), q.device)
     checks.choice(order, "order", checks.ORDERS)
     checks.flag(return_lse, "return_lse")
-    checks.backend(backend)
     scale = D ** -0.5 if scale is None else scale
-    out, lse = _ORDERS[order](q, k, v, unique_selection(sel), block_size, causal, scale)
+    if checks.backend(backend, q, k, v) == "triton":
+        from .. import kernels
+        out, lse = kernels.sparse_attention(q, k, v, unique_selection(sel), block_size, causal, scale, order)
+    else:
+        out, lse = _ORDERS[order](q, k, v, unique_selection(sel), block_size, causal, scale)
     out = out.to(q.dtype)
     return (out, lse) if return_lse else out
 
