@@ -1,0 +1,45 @@
+"""Run every kernel once at a small, awkward size and check it against its twin.
+
+Meant for `compute-sanitizer python3 -m m3lite.kernels.smoke` on a GPU (and quick on a CPU).
+"""
+import torch
+
+import m3lite as m3
+from m3lite import kernels
+
+
+def relative_error(out, ref):
+    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+def main():
+    dev = m3.env.device()
+    g = torch.Generator(device=dev).manual_seed(0)
+    B, HQ, HKV, T, S, D, BS, K = 2, 8, 2, 200, 300, 64, 32, 3
+    q, k, v = (torch.randn(B, h, n, D, device=dev, generator=g, dtype=torch.bfloat16)
+               for h, n in ((HQ, T), (HKV, S), (HKV, S)))
+    iq = torch.randn(B, HKV, T, 32, device=dev, generator=g, dtype=torch.bfloat16)
+    ik = torch.randn(B, 1, S, 32, device=dev, generator=g, dtype=torch.bfloat16)
+    out, _ = kernels.dense_attention(q, k, v, True, None)
+    report = {"flash": relative_error(out, m3.dense_attention(q.float(), k.float(), v.float()))}
+    scores = m3.block_scores(iq, ik, block_size=BS, backend="triton")
+    twin_scores = m3.block_scores(iq.float(), ik.float(), block_size=BS, backend="torch")
+    finite = torch.isfinite(twin_scores)
+    report["block_scores"] = relative_error(scores[finite], twin_scores[finite])
+    sel = m3.select_blocks(scores, top_k=K, backend="triton")
+    report["select_blocks_agree"] = float(torch.equal(sel.sort(-1).values,
+                                                      m3.select_blocks(scores, top_k=K, backend="torch").sort(-1).values))
+    twin = m3.sparse_attention(q.float(), k.float(), v.float(), sel, block_size=BS, backend="torch")
+    for order in ("query", "kv"):
+        out = m3.sparse_attention(q, k, v, sel, block_size=BS, order=order, backend="triton")
+        report[f"sparse_{order}"] = relative_error(out, twin)
+    for name, value in report.items():
+        print(f"{name:22s} {value:.2e}")
+    bad = [n for n, e in report.items() if (e != 1.0 if n.endswith("agree") else not e < 1e-2)]
+    if bad:
+        raise SystemExit(f"smoke check failed: {bad}")
+    print("smoke check passed")
+
+
+if __name__ == "__main__":
+    main()
