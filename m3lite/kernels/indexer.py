@@ -24,7 +24,7 @@ def _block_scores_fwd(IQ, IK, OUT,
                       T, S, NB, scale,
                       CAUSAL: tl.constexpr, BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCKS_PER_STORE: tl.constexpr, INDEX_DIM: tl.constexpr, UPCAST: tl.constexpr):
-    i_m, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_m, i_h, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     offs_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, INDEX_DIM)
@@ -36,7 +36,7 @@ def _block_scores_fwd(IQ, IK, OUT,
     if UPCAST:
         b_q = b_q.to(tl.float32)
     p_k = IK + i_b * stride_kb + offs_d[:, None]
-    p_out = OUT + i_b * stride_ob + i_h * stride_oh + offs_m[:, None] * stride_ot
+    p_out = OUT + i_b * stride_ob + i_h * stride_oh + offs_m.to(tl.int64)[:, None] * stride_ot
     seen = S
     if CAUSAL:                                                        # tokens some row of the tile sees
         seen = tl.minimum(S, (i_m + 1) * BLOCK_M + S - T)
@@ -79,7 +79,7 @@ def block_scores(iq, ik, block_size, causal, scale):
 @triton.jit
 def _select_blocks_fwd(SCORES, SEL, NB, TOP_K, stride_row, stride_sel,
                        LOCAL: tl.constexpr, NB_PAD: tl.constexpr, K_PAD: tl.constexpr, NEG_INF_KEY: tl.constexpr):
-    i_row = tl.program_id(0)
+    i_row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, NB_PAD)
     s = tl.load(SCORES + i_row * stride_row + offs, mask=offs < NB, other=float("-inf"))
     visible = s > float("-inf")

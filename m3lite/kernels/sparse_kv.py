@@ -17,56 +17,60 @@ LOG2E = 1.4426950408889634
 @triton.jit
 def _sparse_kv_fwd(Q, K, V, QUERY, SLOT, WORK_ROW, WORK_START, OFFSETS, O_PART, LSE_PART,
                    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_ks,
-                   T, S, NB, HI, R, G, CHUNK, qk_scale,
+                   T, S, NB, HI, R, G, CHUNK, ENTRIES_PER_PROGRAM, qk_scale,
                    CAUSAL: tl.constexpr, BS: tl.constexpr, BLOCK_M: tl.constexpr,
                    HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr):
     i_w, i_r = tl.program_id(0), tl.program_id(1)
     row = tl.load(WORK_ROW + i_w)                                      # a (batch, index head, block)
     start = tl.load(WORK_START + i_w)
-    end = tl.load(OFFSETS + row + 1)
-    i_b, i_hi, j = row // (HI * NB), (row // NB) % HI, row % NB
+    end = tl.minimum(tl.load(OFFSETS + row + 1), start + ENTRIES_PER_PROGRAM)
+    i_b, i_hi, j = (row // (HI * NB)).to(tl.int64), (row // NB) % HI, row % NB
     i_kv = i_hi * R + i_r
-    # -- gather Q: row m of the tile is head g of query e = start + m // G
-    offs_m = tl.arange(0, BLOCK_M)
-    e = start + offs_m // G
-    g = offs_m % G
-    m_row = (offs_m < CHUNK * G) & (e < end)
-    t = tl.load(QUERY + e, mask=m_row, other=0)
     offs_d = tl.arange(0, HEAD_DIM)
-    b_q = tl.load(Q + i_b * stride_qb + (i_kv * G + g)[:, None] * stride_qh + t[:, None] * stride_qt
-                  + offs_d[None, :], mask=m_row[:, None], other=0.0)
-    # -- load the KV block once
+    # -- load the KV block once, for all the chunks of queries below
     cols = j * BS + tl.arange(0, BS)
-    p_kv = i_b * stride_kb + i_kv * stride_kh
+    p_kv = i_b * stride_kb + i_kv.to(tl.int64) * stride_kh
     b_k = tl.load(K + p_kv + cols[None, :] * stride_ks + offs_d[:, None], mask=cols[None, :] < S, other=0.0)
     b_v = tl.load(V + p_kv + cols[:, None] * stride_ks + offs_d[None, :], mask=cols[:, None] < S, other=0.0)
     if UPCAST:
-        b_q, b_k, b_v = b_q.to(tl.float32), b_k.to(tl.float32), b_v.to(tl.float32)
-    # -- exact softmax over this one block: no running max, no rescaling
-    s = tl.dot(b_q, b_k) * qk_scale                                     # [BLOCK_M, BS]
-    visible = cols[None, :] < S
-    if CAUSAL:
-        visible = visible & (cols[None, :] <= (t + S - T)[:, None])
-    s = tl.where(visible, s, float("-inf"))
-    m = tl.max(s, 1)
-    m_safe = tl.where(m == float("-inf"), 0.0, m)
-    p = tl.exp2(s - m_safe[:, None])
-    l = tl.sum(p, 1)
-    l_safe = tl.where(l > 0, l, 1.0)
-    o = tl.dot(p.to(b_v.dtype), b_v) / l_safe[:, None]
-    lse = tl.where(l > 0, (m_safe + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
-    # -- write the partials once, at each query's (slot, head)
-    part = (tl.load(SLOT + e, mask=m_row, other=0) * R + i_r) * G + g
-    tl.store(O_PART + part[:, None] * HEAD_DIM + offs_d[None, :], o.to(O_PART.dtype.element_ty),
-             mask=m_row[:, None])
-    tl.store(LSE_PART + part, lse, mask=m_row)
+        b_k, b_v = b_k.to(tl.float32), b_v.to(tl.float32)
+    # row m of a Q tile is head g of the chunk's query m // G
+    offs_m = tl.arange(0, BLOCK_M)
+    g = offs_m % G
+    p_q = Q + i_b * stride_qb + (i_kv * G + g).to(tl.int64)[:, None] * stride_qh + offs_d[None, :]
+    for first in range(start, end, CHUNK):
+        e = first + offs_m // G
+        m_row = (offs_m < CHUNK * G) & (e < end)
+        t = tl.load(QUERY + e, mask=m_row, other=0)
+        # -- gather Q
+        b_q = tl.load(p_q + t.to(tl.int64)[:, None] * stride_qt, mask=m_row[:, None], other=0.0)
+        if UPCAST:
+            b_q = b_q.to(tl.float32)
+        # -- exact softmax over this one block: no running max, no rescaling
+        s = tl.dot(b_q, b_k) * qk_scale                                 # [BLOCK_M, BS]
+        visible = cols[None, :] < S
+        if CAUSAL:
+            visible = visible & (cols[None, :] <= (t + S - T)[:, None])
+        s = tl.where(visible, s, float("-inf"))
+        m = tl.max(s, 1)
+        m_safe = tl.where(m == float("-inf"), 0.0, m)
+        p = tl.exp2(s - m_safe[:, None])
+        l = tl.sum(p, 1)
+        l_safe = tl.where(l > 0, l, 1.0)
+        o = tl.dot(p.to(b_v.dtype), b_v) / l_safe[:, None]
+        lse = tl.where(l > 0, (m_safe + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+        # -- write the partials once, at each query's (slot, head)
+        part = (tl.load(SLOT + e, mask=m_row, other=0).to(tl.int64) * R + i_r) * G + g
+        tl.store(O_PART + part[:, None] * HEAD_DIM + offs_d[None, :], o.to(O_PART.dtype.element_ty),
+                 mask=m_row[:, None])
+        tl.store(LSE_PART + part, lse, mask=m_row)
 
 
 @triton.jit
 def _combine_fwd(O_PART, LSE_PART, O, LSE, stride_ob, stride_oh, stride_ot, T, HI, NUM_SLOTS,
                  HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr):
     """Merge the NUM_SLOTS partials of one (batch, index head, query) like split-KV decoding."""
-    i_row = tl.program_id(0)                                           # (b * HI + hi) * T + t
+    i_row = tl.program_id(0).to(tl.int64)                              # (b * HI + hi) * T + t
     i_b, i_hi, i_t = i_row // (HI * T), (i_row // T) % HI, i_row % T
     offs_h = tl.arange(0, HEADS_PAD)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -95,7 +99,7 @@ def _combine_fwd(O_PART, LSE_PART, O, LSE, stride_ob, stride_oh, stride_ot, T, H
 
 
 def work_list(offsets, chunk):
-    """Split every CSR row into chunks of at most `chunk` queries: (row, first entry) per program."""
+    """Split every CSR row into pieces of at most `chunk` entries: (row, first entry) per program."""
     counts = offsets.diff()
     chunks = (counts + chunk - 1) // chunk
     rows = torch.repeat_interleave(torch.arange(len(counts), device=offsets.device), chunks)
@@ -104,10 +108,13 @@ def work_list(offsets, chunk):
     return rows, offsets[rows] + index_in_row * chunk
 
 
-def sparse_attention_kv(q, k, v, sel, block_size, causal, scale, block_m=None):
+def sparse_attention_kv(q, k, v, sel, block_size, causal, scale, block_m=None, chunks_per_program=8,
+                        num_warps=None, num_stages=2):
     """(out [B, HQ, T, D], lse [B, HQ, T] float32); inputs validated, sel without repeated ids.
 
-    Partials are kept in the input dtype for fp16/bf16 (half the traffic) and float32 otherwise.
+    A program loads one KV block and attends up to `chunks_per_program` chunks of its queries,
+    each chunk a [block_m, D] tile of (query, head) rows. Partials are kept in the input dtype
+    for fp16/bf16 (half the traffic) and float32 otherwise.
     """
     B, HQ, T, D = q.shape
     HKV, S, HI, K = k.shape[1], k.shape[2], sel.shape[1], sel.shape[3]
@@ -116,17 +123,18 @@ def sparse_attention_kv(q, k, v, sel, block_size, causal, scale, block_m=None):
     csr = build_block_csr(sel, NB)                                       # on the GPU, in torch
     slots, _ = slot_index(csr, T, K, NB)
     block_m = block_m or max(128 if q.is_cuda else 64, next_pow2(G))
-    chunk = block_m // G                                                 # queries per program
-    rows, starts = work_list(csr.offsets, chunk)
+    chunk = block_m // G                                                 # queries per tile
+    rows, starts = work_list(csr.offsets, chunk * chunks_per_program)
     part_dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.float32
     o_part = new_output((B * HI * T * K, R, G, D), part_dtype, q.device)   # unused slots are never read
     lse_part = torch.full((B * HI * T * K, R, G), float("-inf"), dtype=torch.float32, device=q.device)
     if len(rows):
         _sparse_kv_fwd[(len(rows), R)](q, k, v, csr.query, slots, rows, starts, csr.offsets, o_part, lse_part,
                                        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
-                                       k.stride(2), T, S, NB, HI, R, G, chunk, scale * LOG2E,
-                                       CAUSAL=causal, BS=block_size, BLOCK_M=block_m, HEAD_DIM=D,
-                                       UPCAST=UPCAST, num_warps=8 if block_m >= 128 else 4, num_stages=1)
+                                       k.stride(2), T, S, NB, HI, R, G, chunk, chunk * chunks_per_program,
+                                       scale * LOG2E, CAUSAL=causal, BS=block_size, BLOCK_M=block_m, HEAD_DIM=D,
+                                       UPCAST=UPCAST, num_warps=num_warps or (8 if block_m >= 128 else 4),
+                                       num_stages=num_stages)
     out = new_output(q.shape, q.dtype, q.device)
     lse = new_output((B, HQ, T), torch.float32, q.device)
     _combine_fwd[(B * HI * T,)](o_part, lse_part, out, lse, out.stride(0), out.stride(1), out.stride(2),

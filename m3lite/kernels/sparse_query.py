@@ -19,7 +19,7 @@ def _sparse_query_fwd(Q, K, V, SEL, O, LSE,
                       T, S, G, R, NUM_SLOTS, qk_scale,
                       CAUSAL: tl.constexpr, BS: tl.constexpr, G_PAD: tl.constexpr,
                       HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr):
-    i_t, i_kv, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_t, i_kv, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     offs_g = tl.arange(0, G_PAD)
     offs_n = tl.arange(0, BS)
     offs_d = tl.arange(0, HEAD_DIM)
