@@ -104,20 +104,33 @@ def case_inputs(case, pattern):
     return q, k, v, iq, ik, sel
 
 
-def sweep_kv(case, pattern, repeats, variants):
-    """Time KV-outer kernel configurations on one case: list of (config, ms, useful TFLOP/s)."""
+def sweep_kv(case, pattern, repeats):
+    """Time the KV-outer pieces (plan, partials, combine) and kernel configurations on one case."""
     from m3lite.attention.sparse import unique_selection
-    from m3lite.kernels.sparse_kv import sparse_attention_kv
+    from m3lite.kernels import sparse_kv as kv
     q, k, v, _, _, sel = case_inputs(case, pattern)
     sel = unique_selection(sel)
-    useful = 4 * case["D"] * (case["HQ"] // case["HKV"]) * attended_tokens(sel, case["T"], case["T"], case["BS"])
-    results = []
-    for config in variants:
-        ms = time_ms(lambda: sparse_attention_kv(q, k, v, sel, case["BS"], True, case["D"] ** -0.5, **config),
+    BS, D, G = case["BS"], case["D"], case["HQ"] // case["HKV"]
+    useful = 4 * D * G * attended_tokens(sel, case["T"], case["T"], BS)
+    plan = kv.plan(sel, case["T"], BS, G)
+    o_part, lse_part = kv.partials(q, k, v, sel.shape, plan, BS, True, D ** -0.5)
+    pieces = {"plan": lambda: kv.plan(sel, case["T"], BS, G),
+              "partials": lambda: kv.partials(q, k, v, sel.shape, plan, BS, True, D ** -0.5),
+              "combine": lambda: kv.combine(o_part, lse_part, q.shape, sel.shape[1], sel.shape[3])}
+    part_bytes = o_part.numel() * o_part.element_size() + lse_part.numel() * 4
+    print(f"{case_name(case)} {pattern}: partials {part_bytes / 1e9:.1f} GB; useful {useful / 1e12:.2f} TFLOP")
+    for name, fn in pieces.items():
+        print(f"  {name:9s} {time_ms(fn, repeats):8.2f} ms", flush=True)
+    for bm, c, w, st in [(64, 16, 4, 1), (64, 16, 4, 2), (64, 64, 4, 2), (128, 8, 4, 2), (128, 8, 8, 2),
+                         (32, 32, 4, 2), (64, 16, 2, 2)]:
+        p = kv.plan(sel, case["T"], BS, G, block_m=bm, chunks_per_program=c)
+        ms = time_ms(lambda: kv.partials(q, k, v, sel.shape, p, BS, True, D ** -0.5, num_warps=w, num_stages=st),
                      repeats)
-        results.append((config, ms, useful / ms / 1e9))
-        print(f"{case_name(case)} {pattern} {config}: {ms:.2f} ms, {useful / ms / 1e9:.1f} TFLOP/s", flush=True)
-    return results
+        print(f"  partials block_m={bm} chunks={c} warps={w} stages={st}: {ms:.2f} ms", flush=True)
+    for w, st in [(4, 1), (4, 3), (8, 2), (2, 2)]:
+        ms = time_ms(lambda: kv.combine(o_part, lse_part, q.shape, sel.shape[1], sel.shape[3], w, st), repeats)
+        print(f"  combine warps={w} stages={st}: {ms:.2f} ms ({part_bytes / ms / 1e6:.0f} GB/s reading the "
+              f"partials)", flush=True)
 
 
 def run_case(case, pattern, repeats, with_flex=True):
@@ -190,10 +203,8 @@ def main(args):
     import triton
     cases = [CASES[i] for i in args.cases] if args.cases else CASES
     if args.sweep_kv:
-        variants = [dict(block_m=bm, chunks_per_program=c, num_warps=w, num_stages=st)
-                    for bm in (64, 128) for c in (4, 16) for w in (4, 8) for st in (1, 3)]
         for case in cases:
-            sweep_kv(case, args.patterns[0], args.repeats, variants)
+            sweep_kv(case, args.patterns[0], args.repeats)
         return
     rows = []
     for case in cases:

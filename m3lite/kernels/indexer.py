@@ -102,8 +102,8 @@ def select_blocks(scores, top_k, local):
     """int32 [B, HI, T, top_k] selection; inputs as for m3lite.select_blocks, already validated."""
     B, HI, T, NB = scores.shape
     rows = scores.reshape(-1, NB).float().contiguous()
-    nb_pad = next_pow2(NB)
-    k_pad = min(next_pow2(top_k), nb_pad)
+    nb_pad = max(2, next_pow2(NB))                      # tl.topk needs at least 2 on Triton 3.6
+    k_pad = min(max(2, next_pow2(top_k)), nb_pad)
     sel = torch.full((rows.shape[0], top_k), -1, dtype=torch.int32, device=scores.device)
     _select_blocks_fwd[(rows.shape[0],)](rows, sel, NB, min(top_k, k_pad), rows.stride(0), sel.stride(0),
                                         LOCAL=local, NB_PAD=nb_pad, K_PAD=k_pad,

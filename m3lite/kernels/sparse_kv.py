@@ -4,11 +4,13 @@ queries that chose it, attended with an exact softmax over that one block, and e
 
 Twin: sparse_attention(order="kv") (m3lite/attention/kv_order.py), which uses the same CSR.
 """
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 
-from ..attention.kv_order import build_block_csr, slot_index
+from ..attention.kv_order import BlockCSR, build_block_csr, slot_index
 from .common import UPCAST, new_output, next_pow2
 
 LOG2E = 1.4426950408889634
@@ -108,35 +110,69 @@ def work_list(offsets, chunk):
     return rows, offsets[rows] + index_in_row * chunk
 
 
-def sparse_attention_kv(q, k, v, sel, block_size, causal, scale, block_m=None, chunks_per_program=8,
-                        num_warps=None, num_stages=2):
-    """(out [B, HQ, T, D], lse [B, HQ, T] float32); inputs validated, sel without repeated ids.
+class KVPlan(NamedTuple):
+    """What the KV-outer kernel needs besides q, k, v: the CSR and the list of programs."""
+    csr: BlockCSR
+    slots: torch.Tensor        # [nnz] the flat (batch, index head, query, slot) of each CSR entry
+    rows: torch.Tensor         # [programs] the CSR row (batch, index head, block) of each program
+    starts: torch.Tensor       # [programs] the program's first CSR entry
+    block_m: int               # (query, head) rows per tile
+    chunk: int                 # queries per tile
+    entries_per_program: int
 
-    A program loads one KV block and attends up to `chunks_per_program` chunks of its queries,
-    each chunk a [block_m, D] tile of (query, head) rows. Partials are kept in the input dtype
-    for fp16/bf16 (half the traffic) and float32 otherwise.
-    """
-    B, HQ, T, D = q.shape
-    HKV, S, HI, K = k.shape[1], k.shape[2], sel.shape[1], sel.shape[3]
-    G, R, NB = HQ // HKV, HKV // HI, triton.cdiv(S, block_size)
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    csr = build_block_csr(sel, NB)                                       # on the GPU, in torch
+
+def plan(sel, S, block_size, G, block_m=64, chunks_per_program=16):
+    """Invert the selection on the GPU and cut every block's query list into programs."""
+    B, HI, T, K = sel.shape
+    NB = triton.cdiv(S, block_size)
+    csr = build_block_csr(sel, NB)
     slots, _ = slot_index(csr, T, K, NB)
-    block_m = block_m or max(128 if q.is_cuda else 64, next_pow2(G))
-    chunk = block_m // G                                                 # queries per tile
+    block_m = max(block_m, next_pow2(G))
+    chunk = block_m // G
     rows, starts = work_list(csr.offsets, chunk * chunks_per_program)
+    return KVPlan(csr, slots, rows, starts, block_m, chunk, chunk * chunks_per_program)
+
+
+def partials(q, k, v, sel_shape, kv_plan, block_size, causal, scale, num_warps=4, num_stages=1):
+    """The KV-outer kernel: (o_part [B*HI*T*K, R, G, D], lse_part [B*HI*T*K, R, G]) per (query, slot)."""
+    B, HQ, T, D = q.shape
+    HKV, S, HI, K = k.shape[1], k.shape[2], sel_shape[1], sel_shape[3]
+    G, R, NB = HQ // HKV, HKV // HI, triton.cdiv(S, block_size)
     part_dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.float32
     o_part = new_output((B * HI * T * K, R, G, D), part_dtype, q.device)   # unused slots are never read
     lse_part = torch.full((B * HI * T * K, R, G), float("-inf"), dtype=torch.float32, device=q.device)
-    if len(rows):
-        _sparse_kv_fwd[(len(rows), R)](q, k, v, csr.query, slots, rows, starts, csr.offsets, o_part, lse_part,
-                                       q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
-                                       k.stride(2), T, S, NB, HI, R, G, chunk, chunk * chunks_per_program,
-                                       scale * LOG2E, CAUSAL=causal, BS=block_size, BLOCK_M=block_m, HEAD_DIM=D,
-                                       UPCAST=UPCAST, num_warps=num_warps or (8 if block_m >= 128 else 4),
-                                       num_stages=num_stages)
-    out = new_output(q.shape, q.dtype, q.device)
-    lse = new_output((B, HQ, T), torch.float32, q.device)
+    p = kv_plan
+    if len(p.rows):
+        _sparse_kv_fwd[(len(p.rows), R)](q, k, v, p.csr.query, p.slots, p.rows, p.starts, p.csr.offsets,
+                                         o_part, lse_part, q.stride(0), q.stride(1), q.stride(2),
+                                         k.stride(0), k.stride(1), k.stride(2), T, S, NB, HI, R, G, p.chunk,
+                                         p.entries_per_program, scale * LOG2E, CAUSAL=causal, BS=block_size,
+                                         BLOCK_M=p.block_m, HEAD_DIM=D, UPCAST=UPCAST, num_warps=num_warps,
+                                         num_stages=num_stages)
+    return o_part, lse_part
+
+
+def combine(o_part, lse_part, q_shape, HI, K, num_warps=4, num_stages=2):
+    """Merge each query's K partials: (out [B, HQ, T, D] in the partials' input dtype, lse [B, HQ, T])."""
+    B, HQ, T, D = q_shape
+    out = new_output(q_shape, o_part.dtype, o_part.device)
+    lse = new_output((B, HQ, T), torch.float32, o_part.device)
+    heads = HQ // HI
     _combine_fwd[(B * HI * T,)](o_part, lse_part, out, lse, out.stride(0), out.stride(1), out.stride(2),
-                                T, HI, K, HEADS=R * G, HEADS_PAD=next_pow2(R * G), HEAD_DIM=D, num_warps=4)
+                                T, HI, K, HEADS=heads, HEADS_PAD=next_pow2(heads), HEAD_DIM=D,
+                                num_warps=num_warps, num_stages=num_stages)
     return out, lse
+
+
+def sparse_attention_kv(q, k, v, sel, block_size, causal, scale):
+    """(out [B, HQ, T, D], lse [B, HQ, T] float32); inputs validated, sel without repeated ids.
+
+    A program loads one KV block and attends chunks of the queries that chose it, each chunk a
+    [block_m, D] tile of (query, head) rows. Partials are kept in the input dtype for fp16/bf16
+    (half the traffic) and float32 otherwise.
+    """
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    kv_plan = plan(sel, k.shape[2], block_size, q.shape[1] // k.shape[1])
+    o_part, lse_part = partials(q, k, v, sel.shape, kv_plan, block_size, causal, scale)
+    out, lse = combine(o_part, lse_part, q.shape, sel.shape[1], sel.shape[3])
+    return out.to(q.dtype), lse
