@@ -127,9 +127,9 @@ def sweep_kv(case, pattern, repeats):
         ms = time_ms(lambda: kv.partials(q, k, v, sel.shape, p, BS, True, D ** -0.5, num_warps=w, num_stages=st),
                      repeats)
         print(f"  partials block_m={bm} chunks={c} warps={w} stages={st}: {ms:.2f} ms", flush=True)
-    for w, st in [(4, 1), (4, 3), (8, 2), (2, 2)]:
-        ms = time_ms(lambda: kv.combine(o_part, lse_part, q.shape, sel.shape[1], sel.shape[3], w, st), repeats)
-        print(f"  combine warps={w} stages={st}: {ms:.2f} ms ({part_bytes / ms / 1e6:.0f} GB/s reading the "
+    for r, w, st in [(64, 4, 2), (32, 4, 2), (128, 4, 2), (128, 8, 3), (16, 2, 2)]:
+        ms = time_ms(lambda: kv.combine(o_part, lse_part, q.shape, sel.shape[1], sel.shape[3], r, w, st), repeats)
+        print(f"  combine block_r={r} warps={w} stages={st}: {ms:.2f} ms ({part_bytes / ms / 1e6:.0f} GB/s reading the "
               f"partials)", flush=True)
 
 

@@ -70,19 +70,23 @@ def _sparse_kv_fwd(Q, K, V, QUERY, SLOT, WORK_ROW, WORK_START, OFFSETS, O_PART, 
 
 @triton.jit
 def _combine_fwd(O_PART, LSE_PART, O, LSE, stride_ob, stride_oh, stride_ot, T, HI, NUM_SLOTS,
-                 HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """Merge the NUM_SLOTS partials of one (batch, index head, query) like split-KV decoding."""
-    i_row = tl.program_id(0).to(tl.int64)                              # (b * HI + hi) * T + t
-    i_b, i_hi, i_t = i_row // (HI * T), (i_row // T) % HI, i_row % T
-    offs_h = tl.arange(0, HEADS_PAD)
+                 HEADS: tl.constexpr, BLOCK_R: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Merge the NUM_SLOTS partials of each (query, head) like split-KV decoding.
+
+    A program takes BLOCK_R consecutive (query, head) rows of one (batch, index head).
+    """
+    i_r, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)           # i_bh = b * HI + hi
+    offs_r = i_r * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_d = tl.arange(0, HEAD_DIM)
-    m_h = offs_h < HEADS
-    m_i = tl.full([HEADS_PAD], float("-inf"), tl.float32)
-    l_i = tl.zeros([HEADS_PAD], tl.float32)
-    acc = tl.zeros([HEADS_PAD, HEAD_DIM], tl.float32)
+    t, h = offs_r // HEADS, offs_r % HEADS
+    m_r = t < T
+    first_part = ((i_bh * T + t) * NUM_SLOTS) * HEADS + h                 # slot 0 of each row
+    m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_R], tl.float32)
+    acc = tl.zeros([BLOCK_R, HEAD_DIM], tl.float32)
     for slot in range(NUM_SLOTS):
-        part = (i_row * NUM_SLOTS + slot) * HEADS + offs_h
-        lse = tl.load(LSE_PART + part, mask=m_h, other=float("-inf"))
+        part = first_part + slot * HEADS
+        lse = tl.load(LSE_PART + part, mask=m_r, other=float("-inf"))
         used = lse > float("-inf")
         o = tl.load(O_PART + part[:, None] * HEAD_DIM + offs_d[None, :], mask=used[:, None], other=0.0)
         m_new = tl.maximum(m_i, lse)
@@ -93,11 +97,12 @@ def _combine_fwd(O_PART, LSE_PART, O, LSE, stride_ob, stride_oh, stride_ot, T, H
         acc = acc * alpha[:, None] + w[:, None] * o.to(tl.float32)
         m_i = m_new
     l_safe = tl.where(l_i > 0, l_i, 1.0)
-    heads = i_hi * HEADS + offs_h
-    tl.store(O + i_b * stride_ob + heads[:, None] * stride_oh + i_t * stride_ot + offs_d[None, :],
-             (acc / l_safe[:, None]).to(O.dtype.element_ty), mask=m_h[:, None])
-    tl.store(LSE + (i_b * HI * HEADS + heads) * T + i_t,
-             tl.where(l_i > 0, m_i + tl.log(l_safe), float("-inf")), mask=m_h)
+    i_b, i_hi = i_bh // HI, i_bh % HI
+    heads = i_hi * HEADS + h
+    tl.store(O + i_b * stride_ob + heads[:, None] * stride_oh + t[:, None] * stride_ot + offs_d[None, :],
+             (acc / l_safe[:, None]).to(O.dtype.element_ty), mask=m_r[:, None])
+    tl.store(LSE + (i_b * HI * HEADS + heads) * T + t,
+             tl.where(l_i > 0, m_i + tl.log(l_safe), float("-inf")), mask=m_r)
 
 
 def work_list(offsets, chunk):
@@ -152,15 +157,16 @@ def partials(q, k, v, sel_shape, kv_plan, block_size, causal, scale, num_warps=4
     return o_part, lse_part
 
 
-def combine(o_part, lse_part, q_shape, HI, K, num_warps=4, num_stages=2):
-    """Merge each query's K partials: (out [B, HQ, T, D] in the partials' input dtype, lse [B, HQ, T])."""
+def combine(o_part, lse_part, q_shape, HI, K, block_r=64, num_warps=4, num_stages=2):
+    """Merge each query's K partials: (out [B, HQ, T, D] in the partials' dtype, lse [B, HQ, T])."""
     B, HQ, T, D = q_shape
     out = new_output(q_shape, o_part.dtype, o_part.device)
     lse = new_output((B, HQ, T), torch.float32, o_part.device)
     heads = HQ // HI
-    _combine_fwd[(B * HI * T,)](o_part, lse_part, out, lse, out.stride(0), out.stride(1), out.stride(2),
-                                T, HI, K, HEADS=heads, HEADS_PAD=next_pow2(heads), HEAD_DIM=D,
-                                num_warps=num_warps, num_stages=num_stages)
+    grid = (triton.cdiv(T * heads, block_r), B * HI)
+    _combine_fwd[grid](o_part, lse_part, out, lse, out.stride(0), out.stride(1), out.stride(2),
+                       T, HI, K, HEADS=heads, BLOCK_R=block_r, HEAD_DIM=D, num_warps=num_warps,
+                       num_stages=num_stages)
     return out, lse
 
 
