@@ -157,7 +157,7 @@ def partials(q, k, v, sel_shape, kv_plan, block_size, causal, scale, num_warps=4
     return o_part, lse_part
 
 
-def combine(o_part, lse_part, q_shape, HI, K, block_r=64, num_warps=4, num_stages=2):
+def combine(o_part, lse_part, q_shape, HI, K, block_r=128, num_warps=4, num_stages=2):
     """Merge each query's K partials: (out [B, HQ, T, D] in the partials' dtype, lse [B, HQ, T])."""
     B, HQ, T, D = q_shape
     out = new_output(q_shape, o_part.dtype, o_part.device)
