@@ -36,3 +36,25 @@ def test_cpu_benchmark_runs_and_writes_json(tmp_path, capsys):
 def test_peak_memory_sees_a_large_allocation():
     peak = cpu.peak_memory_mb(lambda: torch.ones(64 * 2**20 // 4).sum())          # 64 MB
     assert peak is None or 48 <= peak < 256
+
+
+def test_prefill_benchmark_refuses_to_run_without_a_gpu():
+    import pytest
+    if m3.env.HAS_CUDA:
+        pytest.skip("this machine has a GPU: the benchmark would run for minutes")
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        bench_main.main(["prefill", "--cases", "0"])
+
+
+def test_attended_tokens_counts_visible_pairs():
+    from conftest import random_selection, token_mask
+    from m3lite.bench.prefill import attended_tokens
+    sel = random_selection(1, 2, 70, 70, 16, 3, seed=4)
+    assert attended_tokens(sel, 70, 70, 16) == int(token_mask(sel, 70, 70, 16, True).sum())
+
+
+def test_kv_work_list_covers_every_entry_once():
+    from m3lite.kernels.sparse_kv import work_list
+    offsets = torch.tensor([0, 5, 5, 12, 13])
+    rows, starts = work_list(offsets, 4)
+    assert rows.tolist() == [0, 0, 2, 2, 3] and starts.tolist() == [0, 4, 5, 9, 12]
