@@ -7,12 +7,18 @@ nothing else in the package asks `torch.cuda.is_available()`.
 """
 import importlib.util
 import os
+import sys
+import warnings
 
 import torch
 
 HAS_CUDA = torch.cuda.is_available()
 
 if not HAS_CUDA:
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        warnings.warn("triton was imported before m3lite on a machine without a CUDA GPU, so its interpreter "
+                      "is off and m3lite's Triton kernels will fail; import m3lite first (or set "
+                      "TRITON_INTERPRET=1 before importing triton)", stacklevel=2)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"

@@ -21,3 +21,13 @@ def test_env_is_set_before_anything_else_in_a_fresh_process():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     interpret, has_cuda = out.split()
     assert interpret == ("None" if has_cuda == "True" else "1")
+
+
+def test_importing_triton_first_warns_on_a_cpu_machine():
+    code = "import warnings, triton; warnings.simplefilter('error'); import m3lite"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if torch.cuda.is_available():
+        assert done.returncode == 0
+    else:
+        assert done.returncode != 0 and "import m3lite first" in done.stderr
