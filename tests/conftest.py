@@ -1,7 +1,6 @@
 """Shared helpers: an independent masked-dense oracle and random inputs."""
 import math
 
-import pytest
 import torch
 
 
@@ -53,6 +52,14 @@ def randn(*shape, seed=0, dtype=torch.float32):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
-@pytest.fixture
-def oracle():
-    return masked_reference
+def shape_name(shape):
+    """Test id of a sparse-attention case (B, HQ, HKV, HI, T, S, D, BS, K)."""
+    return "B{}-HQ{}-HKV{}-HI{}-T{}-S{}-D{}-BS{}-K{}".format(*shape)
+
+
+def sparse_inputs(shape, seed=0, dtype=torch.float32, causal=True, device="cpu"):
+    """Random q, k, v on `device` and a random CPU selection for a case (B, HQ, HKV, HI, T, S, D, BS, K)."""
+    B, HQ, HKV, HI, T, S, D, BS, K = shape
+    q, k, v = (randn(*size, seed=seed + i).to(device=device, dtype=dtype)
+               for i, size in enumerate(((B, HQ, T, D), (B, HKV, S, D), (B, HKV, S, D))))
+    return q, k, v, random_selection(B, HI, T, S, BS, K, seed=seed, causal=causal)

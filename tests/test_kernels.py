@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import m3lite as m3
 from m3lite import kernels
 from m3lite.kernels import common
-from conftest import masked_reference, random_selection, token_mask
+from conftest import masked_reference, random_selection, shape_name as name, sparse_inputs, token_mask
 
 DEVICE = m3.env.device()
 ON_GPU = DEVICE.type == "cuda"
@@ -35,6 +35,10 @@ def rel_error(out, ref):
 
 TOL = {torch.float32: 3e-3 if ON_GPU else 1e-5, torch.float16: 5e-3, torch.bfloat16: 1.5e-2}
 
+def inputs(shape, seed=0, dtype=torch.float32, causal=True):
+    return sparse_inputs(shape, seed, dtype, causal, device=DEVICE)
+
+
 # B, HQ, HKV, HI, T, S, D, BS, K
 SHAPES = [
     (1, 4, 2, 2, 64, 64, 16, 16, 2),
@@ -42,17 +46,6 @@ SHAPES = [
     (1, 6, 3, 3, 37, 90, 16, 32, 2),        # T < S, G = 2 (not a power of two in total heads)
     (1, 2, 2, 2, 1, 45, 16, 16, 4),         # one query, top_k > NB
 ]
-
-
-def name(shape):
-    return "B{}-HQ{}-HKV{}-HI{}-T{}-S{}-D{}-BS{}-K{}".format(*shape)
-
-
-def inputs(shape, seed=0, dtype=torch.float32, causal=True):
-    B, HQ, HKV, HI, T, S, D, BS, K = shape
-    q, k, v = randn(B, HQ, T, D, seed=seed), randn(B, HKV, S, D, seed=seed + 1), randn(B, HKV, S, D, seed=seed + 2)
-    sel = random_selection(B, HI, T, S, BS, K, seed=seed, causal=causal)
-    return q.to(dtype), k.to(dtype), v.to(dtype), sel
 
 
 @pytest.mark.parametrize("order", ORDERS)

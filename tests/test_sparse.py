@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 import m3lite as m3
-from conftest import masked_reference, randn, random_selection, token_mask
+from conftest import masked_reference, randn, random_selection, shape_name as name, sparse_inputs as inputs, token_mask
 
 ORDERS = ["query", "kv"]
 # B, HQ, HKV, HI, T, S, D, block_size, K
@@ -18,17 +18,6 @@ SHAPES = [
     (1, 2, 2, 2, 1, 50, 8, 16, 2),         # one query (decoding)
     (1, 4, 1, 1, 50, 50, 8, 64, 3),        # one block covers everything, top_k > NB
 ]
-
-
-def name(shape):
-    return "B{}-HQ{}-HKV{}-HI{}-T{}-S{}-D{}-BS{}-K{}".format(*shape)
-
-
-def inputs(shape, seed=0, dtype=torch.float32, causal=True):
-    B, HQ, HKV, HI, T, S, D, BS, K = shape
-    q, k, v = randn(B, HQ, T, D, seed=seed), randn(B, HKV, S, D, seed=seed + 1), randn(B, HKV, S, D, seed=seed + 2)
-    sel = random_selection(B, HI, T, S, BS, K, seed=seed, causal=causal)
-    return q.to(dtype), k.to(dtype), v.to(dtype), sel
 
 
 @pytest.mark.parametrize("order", ORDERS)

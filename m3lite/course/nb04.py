@@ -1,25 +1,13 @@
 """Checkers of notebook 04 (Triton kernels): the sort key, the KV-outer program list, useful FLOPs."""
 import torch
 
-from ..attention import attention_flops, block_scores, num_blocks, select_blocks
+from ..attention import attention_flops, num_blocks
 from ..bench.prefill import attended_tokens
 from ..kernels.indexer import _sort_key
 from ..kernels.sparse_kv import plan
 from ..viz.kernels import kv_program_loads
 from .checker import close, verdict
-
-# (label, B, HI, T, S, block_size, top_k): awkward sizes, a partial last block, T < S, K > NB.
-SIZES = [("B1-H1-T12-S12-BS3-K2", 1, 1, 12, 12, 3, 2),
-         ("B2-H2-T50-S50-BS8-K3", 2, 2, 50, 50, 8, 3),
-         ("B1-H3-T7-S64-BS16-K2", 1, 3, 7, 64, 16, 2),
-         ("B2-H1-T10-S37-BS8-K9", 2, 1, 10, 37, 8, 9)]
-
-
-def _selection(B, HI, T, S, BS, K, seed):
-    g = torch.Generator().manual_seed(seed)
-    iq, ik = torch.randn(B, HI, T, 8, generator=g), torch.randn(B, 1, S, 8, generator=g)
-    return select_blocks(block_scores(iq, ik, block_size=BS), top_k=K)
-
+from .nb03 import SIZES, _selection   # the same awkward selections as notebook 03
 
 def _floats(seed):
     g = torch.Generator().manual_seed(seed)
