@@ -6,6 +6,7 @@ from .. import env
 # Interpreting on CPU: bf16/fp16 arithmetic is wrong there, so kernels upcast loaded blocks.
 UPCAST = env.INTERPRET
 HEAD_DIMS = (16, 32, 64, 128, 256)
+LOG2E = 1.4426950408889634   # kernels use exp2: exp(x) = exp2(x * LOG2E)
 
 
 def next_pow2(n):

@@ -1,5 +1,5 @@
-"""KV-outer sparse attention ("KV outer, gather Q"): each KV block is loaded once per chunk of the
-queries that chose it, attended with an exact softmax over that one block, and every
+"""KV-outer sparse attention ("KV outer, gather Q"): a program loads one KV block once and attends
+chunks of the queries that chose it, with an exact softmax over that one block; every
 (query, slot) partial (o, lse) is written once; a combine kernel then merges each query's partials.
 
 Twin: sparse_attention(order="kv") (m3lite/attention/kv_order.py), which uses the same CSR.
@@ -11,9 +11,7 @@ import triton
 import triton.language as tl
 
 from ..attention.kv_order import BlockCSR, build_block_csr, slot_index
-from .common import UPCAST, new_output, next_pow2
-
-LOG2E = 1.4426950408889634
+from .common import LOG2E, UPCAST, new_output, next_pow2
 
 
 @triton.jit

@@ -7,9 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import UPCAST, new_output, next_pow2
-
-LOG2E = 1.4426950408889634
+from .common import LOG2E, UPCAST, new_output, next_pow2
 
 
 @triton.jit
