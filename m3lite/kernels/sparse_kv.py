@@ -47,17 +47,21 @@ def _sparse_kv_fwd(Q, K, V, QUERY, SLOT, WORK_ROW, WORK_START, OFFSETS, O_PART, 
         if UPCAST:
             b_q = b_q.to(tl.float32)
         # -- exact softmax over this one block: no running max, no rescaling
-        s = tl.dot(b_q, b_k) * qk_scale                                 # [BLOCK_M, BS]
-        visible = cols[None, :] < S
-        if CAUSAL:
-            visible = visible & (cols[None, :] <= (t + S - T)[:, None])
-        s = tl.where(visible, s, float("-inf"))
+        s = tl.dot(b_q, b_k)                                            # [BLOCK_M, BS], unscaled
+        needs_mask = (j + 1) * BS > S                                   # a partial last block
+        if CAUSAL:  # the chunk's first query is its earliest (CSR rows are in query order)
+            needs_mask = needs_mask | ((j + 1) * BS - 1 > tl.load(QUERY + first) + S - T)
+        if needs_mask:
+            visible = cols[None, :] < S
+            if CAUSAL:
+                visible = visible & (cols[None, :] <= (t + S - T)[:, None])
+            s = tl.where(visible, s, float("-inf"))
         m = tl.max(s, 1)
-        m_safe = tl.where(m == float("-inf"), 0.0, m)
-        p = tl.exp2(s - m_safe[:, None])
+        m_safe = tl.where(m == float("-inf"), 0.0, m) * qk_scale
+        p = tl.exp2(s * qk_scale - m_safe[:, None])                    # one fused multiply-add each
         l = tl.sum(p, 1)
-        l_safe = tl.where(l > 0, l, 1.0)
-        o = tl.dot(p.to(b_v.dtype), b_v) / l_safe[:, None]
+        l_safe = tl.where(l > 0, l, 1.0)                                # a query that sees none of the block
+        o = tl.dot(p.to(b_v.dtype), b_v) * tl.where(l > 0, 1.0 / l_safe, 0.0)[:, None]
         lse = tl.where(l > 0, (m_safe + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
         # -- write the partials once, at each query's (slot, head)
         part = (tl.load(SLOT + e, mask=m_row, other=0).to(tl.int64) * R + i_r) * G + g
