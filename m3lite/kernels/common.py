@@ -1,5 +1,7 @@
 """What every kernel shares: which inputs the Triton backend takes, and launch helpers."""
 import torch
+import triton
+import triton.language as tl
 
 from .. import env
 
@@ -51,3 +53,24 @@ def new_output(shape, dtype, device):
     if POISON:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+@triton.jit
+def online_softmax_step(m_i, l_i, acc, s, b_v):
+    """Fold one tile of scores s [M, N] (log2 units, -inf = masked) and values b_v [N, D] into the
+    running max m_i [M], sum l_i [M] and output acc [M, D]; returns the new (m_i, l_i, acc)."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)                                     # rescale what came before
+    p = tl.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(b_v.dtype), b_v)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def online_softmax_finish(m_i, l_i, acc):
+    """(out [M, D], lse [M] in natural log) from the running state; zeros and -inf for empty rows."""
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    lse = tl.where(l_i > 0, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+    return acc / l_safe[:, None], lse

@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import LOG2E, UPCAST, new_output
+from .common import LOG2E, UPCAST, new_output, online_softmax_finish, online_softmax_step
 
 @triton.jit
 def _flash_fwd(Q, K, V, O, LSE,
@@ -46,20 +46,12 @@ def _flash_fwd(Q, K, V, O, LSE,
         if CAUSAL:
             visible = visible & (cols[None, :] <= pos[:, None])
         s = tl.where(visible, s, float("-inf"))
-        # -- update m_i and l_i, rescale what was accumulated under the old maximum
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(b_v.dtype), b_v)
-        m_i = m_new
-    l_safe = tl.where(l_i > 0, l_i, 1.0)
-    out = acc / l_safe[:, None]
-    lse = tl.where(l_i > 0, (m_i + tl.log2(l_safe)) / 1.4426950408889634, float("-inf"))
+        m_i, l_i, acc = online_softmax_step(m_i, l_i, acc, s, b_v)
+    out, lse = online_softmax_finish(m_i, l_i, acc)
     tl.store(O + i_b * stride_ob + i_h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :],
              out.to(O.dtype.element_ty), mask=m_q[:, None])
     tl.store(LSE + (i_b * tl.num_programs(1) + i_h) * T + offs_m, lse, mask=m_q)
+
 
 def flash_attention(q, k, v, causal=True, scale=None, block_m=64, block_n=64):
     """Dense attention with the Triton flash kernel. Returns (out [B, HQ, T, D], lse [B, HQ, T] float32).

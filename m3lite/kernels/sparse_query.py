@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import LOG2E, UPCAST, new_output, next_pow2
+from .common import LOG2E, UPCAST, new_output, next_pow2, online_softmax_finish, online_softmax_step
 
 
 @triton.jit
@@ -47,18 +47,10 @@ def _sparse_query_fwd(Q, K, V, SEL, O, LSE,
             if CAUSAL:
                 visible = visible & (cols <= pos)
             s = tl.where(visible[None, :], s, float("-inf"))
-            # -- update m_i and l_i, rescale what was accumulated under the old maximum
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp2(m_i - m_safe)
-            p = tl.exp2(s - m_safe[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(b_v.dtype), b_v)
-            m_i = m_new
-    l_safe = tl.where(l_i > 0, l_i, 1.0)
-    lse = tl.where(l_i > 0, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+            m_i, l_i, acc = online_softmax_step(m_i, l_i, acc, s, b_v)
+    out, lse = online_softmax_finish(m_i, l_i, acc)
     tl.store(O + i_b * stride_ob + heads[:, None] * stride_oh + i_t * stride_ot + offs_d[None, :],
-             (acc / l_safe[:, None]).to(O.dtype.element_ty), mask=m_g[:, None])
+             out.to(O.dtype.element_ty), mask=m_g[:, None])
     tl.store(LSE + (i_b * tl.num_programs(1) * G + heads) * T + i_t, lse, mask=m_g)
 
 
