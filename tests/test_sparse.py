@@ -143,6 +143,8 @@ def test_block_csr_inverts_the_selection():
                 expected = [t for t in range(30) if j in sel[b, h, t].tolist()]
                 assert queries == expected                                   # in query order
                 assert all(sel[b, h, t, s] == j for t, s in zip(queries, csr.slot[lo:hi].tolist()))
+                entries = [((b * 2 + h) * 30 + t) * 3 + s for t, s in zip(queries, csr.slot[lo:hi].tolist())]
+                assert csr.entry[lo:hi].tolist() == entries                         # flat index into sel
 
 
 def test_merge_partials_equals_softmax_over_the_union():

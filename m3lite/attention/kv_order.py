@@ -18,26 +18,30 @@ class BlockCSR(NamedTuple):
     """The selection inverted: for every (batch, index head, KV block), the queries that chose it.
 
     Row r = (b * HI + hi) * NB + j lists entries offsets[r]:offsets[r + 1] of `query` (the query
-    index t) and `slot` (where in sel[b, hi, t] the block was chosen, 0..K-1), queries in order.
+    index t) and `slot` (where in sel[b, hi, t] the block was chosen, 0..K-1), queries in order;
+    `entry` is each entry's flat index into sel, which is also where its partial result goes.
     """
     offsets: torch.Tensor  # int64 [B * HI * NB + 1]
     query: torch.Tensor    # int64 [nnz]
     slot: torch.Tensor     # int64 [nnz]
+    entry: torch.Tensor    # int64 [nnz]
 
 
 def build_block_csr(sel, num_blocks):
     """Invert a selection sel [B, HI, T, K] (ids in [-1, NB)) into a key-block -> queries CSR."""
     B, HI, T, K = sel.shape
-    flat = sel.reshape(B * HI, T * K).long()
+    flat = sel.reshape(B * HI, T * K)
     valid = flat >= 0
-    row_of_entry = (torch.arange(B * HI, device=sel.device)[:, None] * num_blocks + flat)[valid]
-    entry = torch.arange(T * K, device=sel.device).expand(B * HI, -1)[valid]
+    key_dtype = torch.int32 if B * HI * num_blocks < 2 ** 31 else torch.int64   # a faster sort
+    row_of_entry = (torch.arange(B * HI, device=sel.device, dtype=key_dtype)[:, None] * num_blocks
+                    + flat.to(key_dtype))[valid]
+    entry = torch.arange(B * HI * T * K, device=sel.device).view(B * HI, T * K)[valid]
     order = torch.argsort(row_of_entry, stable=True)          # stable: queries stay in order
     counts = torch.bincount(row_of_entry, minlength=B * HI * num_blocks)
     offsets = torch.zeros(B * HI * num_blocks + 1, dtype=torch.long, device=sel.device)
     offsets[1:] = counts.cumsum(0)
     entry = entry[order]
-    return BlockCSR(offsets, entry // K, entry % K)
+    return BlockCSR(offsets, (entry // K) % T, entry % K, entry)
 
 
 def merge_partials(o, lse):
@@ -56,11 +60,10 @@ def merge_partials(o, lse):
     return out / total, merged_lse
 
 
-def slot_index(csr, T, K, num_blocks):
-    """For each CSR entry: its flat (batch, index head, query, slot) index, and its block id."""
+def block_of_entry(csr, num_blocks):
+    """The block id of each CSR entry."""
     row = torch.repeat_interleave(torch.arange(len(csr.offsets) - 1, device=csr.query.device), csr.offsets.diff())
-    batch_head, block = row // num_blocks, row % num_blocks
-    return (batch_head * T + csr.query) * K + csr.slot, block
+    return row % num_blocks
 
 
 class _Blocks:
@@ -82,7 +85,7 @@ class _Blocks:
         self.vb = torch.nn.functional.pad(v, (0, 0, 0, pad)).view(blocks)
         self.q_rows = self.to_rows(q * scale)
         # per CSR entry: where its partial goes, and the first token of its block it may not see
-        self.slot_index, block = slot_index(csr, T, self.K, self.NB)
+        self.slot_index, block = csr.entry, block_of_entry(csr, self.NB)
         start = block * block_size
         first_hidden = (S - start).clamp(max=block_size)                 # a partial last block ends early
         if causal:

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..attention.kv_order import BlockCSR, build_block_csr, slot_index
+from ..attention.kv_order import BlockCSR, build_block_csr
 from .common import LOG2E, UPCAST, new_output, next_pow2
 
 
@@ -119,8 +119,7 @@ def work_list(offsets, chunk):
 
 class KVPlan(NamedTuple):
     """What the KV-outer kernel needs besides q, k, v: the CSR and the list of programs."""
-    csr: BlockCSR
-    slots: torch.Tensor        # [nnz] the flat (batch, index head, query, slot) of each CSR entry
+    csr: BlockCSR              # csr.entry: where each entry's partial goes
     rows: torch.Tensor         # [programs] the CSR row (batch, index head, block) of each program
     starts: torch.Tensor       # [programs] the program's first CSR entry
     block_m: int               # (query, head) rows per tile
@@ -130,14 +129,12 @@ class KVPlan(NamedTuple):
 
 def plan(sel, S, block_size, G, block_m=64, chunks_per_program=16):
     """Invert the selection on the GPU and cut every block's query list into programs."""
-    B, HI, T, K = sel.shape
     NB = triton.cdiv(S, block_size)
     csr = build_block_csr(sel, NB)
-    slots, _ = slot_index(csr, T, K, NB)
     block_m = max(block_m, next_pow2(G))
     chunk = block_m // G
     rows, starts = work_list(csr.offsets, chunk * chunks_per_program)
-    return KVPlan(csr, slots, rows, starts, block_m, chunk, chunk * chunks_per_program)
+    return KVPlan(csr, rows, starts, block_m, chunk, chunk * chunks_per_program)
 
 
 def partials(q, k, v, sel_shape, kv_plan, block_size, causal, scale, num_warps=4, num_stages=1):
@@ -150,7 +147,7 @@ def partials(q, k, v, sel_shape, kv_plan, block_size, causal, scale, num_warps=4
     lse_part = torch.full((B * HI * T * K, R, G), float("-inf"), dtype=torch.float32, device=q.device)
     p = kv_plan
     if len(p.rows):
-        _sparse_kv_fwd[(len(p.rows), R)](q, k, v, p.csr.query, p.slots, p.rows, p.starts, p.csr.offsets,
+        _sparse_kv_fwd[(len(p.rows), R)](q, k, v, p.csr.query, p.csr.entry, p.rows, p.starts, p.csr.offsets,
                                          o_part, lse_part, q.stride(0), q.stride(1), q.stride(2),
                                          k.stride(0), k.stride(1), k.stride(2), T, S, NB, HI, R, G, p.chunk,
                                          p.entries_per_program, scale * LOG2E, CAUSAL=causal, BS=block_size,
