@@ -14,6 +14,13 @@ def query_positions(T, S, device):
     return torch.arange(S - T, S, device=device)
 
 
+def visible_mask(T, S, causal, device):
+    """[T, S] bool: which keys each query may see (all of them, or bottom-right causal)."""
+    if not causal:
+        return torch.ones(T, S, dtype=torch.bool, device=device)
+    return torch.arange(S, device=device) <= query_positions(T, S, device)[:, None]
+
+
 def exp_and_lse(s, overwrite=False):
     """Unnormalised softmax of scores s [..., N] (-inf = masked), safe for rows with nothing left.
 

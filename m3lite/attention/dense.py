@@ -2,7 +2,7 @@
 import torch
 
 from . import checks
-from .common import NEG_INF, accum_dtype, masked_softmax_parts, query_positions
+from .common import NEG_INF, accum_dtype, masked_softmax_parts, query_positions, visible_mask
 
 
 def dense_attention(q, k, v, causal=True, scale=None, return_lse=False):
@@ -21,9 +21,7 @@ def dense_attention(q, k, v, causal=True, scale=None, return_lse=False):
     G = HQ // HKV
     qf = q.to(acc).view(B, HKV, G, T, D)
     s = torch.einsum("bhgtd,bhsd->bhgts", qf, k.to(acc)) * scale           # [B, HKV, G, T, S]
-    allowed = torch.ones(T, S, dtype=torch.bool, device=q.device)
-    if causal:
-        allowed = torch.arange(S, device=q.device) <= query_positions(T, S, q.device)[:, None]
+    allowed = visible_mask(T, S, causal, q.device)
     p, lse = masked_softmax_parts(s, allowed)
     out = torch.einsum("bhgts,bhsd->bhgtd", p, v.to(acc)).reshape(B, HQ, T, D).to(q.dtype)
     return (out, lse.reshape(B, HQ, T)) if return_lse else out

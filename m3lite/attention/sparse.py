@@ -8,7 +8,7 @@ order="kv": KV outer, gather Q (kv_order.py): each KV block is loaded once for a
 import torch
 
 from . import checks
-from .common import accum_dtype, masked_softmax_parts, query_positions
+from .common import accum_dtype, masked_softmax_parts, query_positions, visible_mask
 from .indexer import block_scores, num_blocks, select_blocks
 from .kv_order import KVOrderAttention
 
@@ -145,9 +145,7 @@ def attention_recall(q, k, sel, block_size=128, causal=True, scale=None):
     scale = D ** -0.5 if scale is None else scale
     acc = accum_dtype(q.dtype)
     s = torch.einsum("bhtd,bhsd->bhts", q.to(acc), k.to(acc).repeat_interleave(HQ // HKV, 1)) * scale
-    allowed = torch.ones(T, S, dtype=torch.bool, device=q.device)
-    if causal:
-        allowed = torch.arange(S, device=q.device) <= query_positions(T, S, q.device)[:, None]
+    allowed = visible_mask(T, S, causal, q.device)
     p, _ = masked_softmax_parts(s, allowed)
     inside = selection_mask(sel, S, block_size).repeat_interleave(HQ // HI, 1)
     return (p * inside).sum(-1)

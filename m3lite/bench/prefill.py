@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import m3lite as m3
+from m3lite.attention import attention_flops, causal_attended_tokens
 
 M3 = dict(B=1, HQ=64, HKV=4, D=128, BS=128, K=16)
 CASES = [dict(M3, T=16384), dict(M3, T=65536), dict(M3, T=131072),
@@ -111,7 +112,7 @@ def sweep_kv(case, pattern, repeats):
     q, k, v, _, _, sel = case_inputs(case, pattern)
     sel = unique_selection(sel)
     BS, D, G = case["BS"], case["D"], case["HQ"] // case["HKV"]
-    useful = 4 * D * G * attended_tokens(sel, case["T"], case["T"], BS)
+    useful = attention_flops(G, attended_tokens(sel, case["T"], case["T"], BS), D)
     plan = kv.plan(sel, case["T"], BS, G)
     o_part, lse_part = kv.partials(q, k, v, sel.shape, plan, BS, True, D ** -0.5)
     pieces = {"plan": lambda: kv.plan(sel, case["T"], BS, G),
@@ -137,8 +138,8 @@ def run_case(case, pattern, repeats, with_flex=True):
     B, HQ, HKV, D, BS, K, T = (case[x] for x in ("B", "HQ", "HKV", "D", "BS", "K", "T"))
     q, k, v, iq, ik, sel = case_inputs(case, pattern)
     NB = m3.num_blocks(T, BS)
-    useful = 4 * D * (HQ // HKV) * attended_tokens(sel, T, T, BS)
-    dense_useful = 4 * D * HQ * B * T * (T + 1) // 2
+    useful = attention_flops(HQ // HKV, attended_tokens(sel, T, T, BS), D)
+    dense_useful = attention_flops(HQ, B * causal_attended_tokens(T, T), D)
     methods = {
         "sdpa_dense_causal": (lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
                               dense_useful),

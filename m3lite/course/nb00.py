@@ -7,7 +7,7 @@ changes the notebook's random numbers.
 import torch
 
 from ..attention import block_scores, causal_attended_tokens, select_blocks, selection_mask
-from ..attention.common import query_positions
+from ..attention.common import visible_mask
 from .checker import verdict
 
 
@@ -22,7 +22,7 @@ def _selection(B, HI, T, S, block_size, top_k, seed):
 def _attended(sel, S, block_size):
     """Visible tokens inside each query's selected blocks, counted on the token mask: int64 [B, HI, T]."""
     T = sel.shape[2]
-    visible = torch.arange(S) <= query_positions(T, S, sel.device)[:, None]   # [T, S]
+    visible = visible_mask(T, S, True, sel.device)                          # [T, S]
     return (selection_mask(sel, S, block_size) & visible).sum(-1)
 
 

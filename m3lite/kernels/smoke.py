@@ -6,10 +6,7 @@ import torch
 
 import m3lite as m3
 from m3lite import kernels
-
-
-def relative_error(out, ref):
-    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+from m3lite.bench.prefill import relative_error
 
 
 def main():
