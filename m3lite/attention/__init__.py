@@ -6,3 +6,4 @@ from .kv_order import BlockCSR, build_block_csr, merge_partials
 from .loads import block_load_counts
 from .sparse import (attention_recall, msa_attention, selection_mask, sparse_attention,
                      sparse_attention_kv, sparse_attention_query, unique_selection)
+from .decode import decode_attention

@@ -6,6 +6,7 @@ do, and run. On a CPU they run through the Triton interpreter (m3lite.env turns 
 import torch
 
 from . import common
+from . import decode as _decode
 from .flash import flash_attention
 from .indexer import block_scores as _block_scores, select_blocks as _select_blocks
 from .sparse_kv import sparse_attention_kv
@@ -46,3 +47,12 @@ def sparse_attention(q, k, v, sel, block_size, causal, scale, order):
                          "backend='torch' takes any")
     run = sparse_attention_kv if order == "kv" else sparse_attention_query
     return run(q, k, v, sel, block_size, causal, scale)
+
+
+def decode_attention(q, k, v, iq, ik, lens, block_size, top_k, scale):
+    _check((q, k, v, iq, ik), q.shape[-1], block_size)
+    common.check_head_dim(iq.shape[-1], "index dim")
+    if block_size > common.MAX_BLOCK_SIZE:
+        raise ValueError(f"backend='triton' takes block_size <= {common.MAX_BLOCK_SIZE}, got {block_size}; "
+                         "backend='torch' takes any")
+    return _decode.decode_attention(q, k, v, iq, ik, lens, block_size, top_k, scale)
