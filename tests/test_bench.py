@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 import m3lite as m3
@@ -58,3 +59,23 @@ def test_kv_work_list_covers_every_entry_once():
     offsets = torch.tensor([0, 5, 5, 12, 13])
     rows, starts = work_list(offsets, 4)
     assert rows.tolist() == [0, 0, 2, 2, 3] and starts.tolist() == [0, 4, 5, 9, 12]
+
+
+def test_decode_benchmark_naive_peer_attends_the_selected_blocks():
+    from m3lite.bench.decode import naive_gather_attend
+    g = torch.Generator().manual_seed(0)
+    B, HQ, HKV, S, D, BS = 2, 4, 2, 64, 8, 16
+    q, k, v = torch.randn(B, HQ, 1, D, generator=g), torch.randn(B, HKV, S, D, generator=g), torch.randn(B, HKV, S, D, generator=g)
+    lens = torch.tensor([64, 41])
+    sel = torch.tensor([[[3, 0, -1]], [[2, 1, -1]]], dtype=torch.int32)[:, None].expand(B, HKV, 1, 3)
+    out = naive_gather_attend(q, k, v, sel, lens, BS)
+    for b, length in enumerate(lens.tolist()):
+        ref = m3.sparse_attention(q[b:b + 1], k[b:b + 1, :, :length], v[b:b + 1, :, :length], sel[b:b + 1],
+                                  block_size=BS, backend="torch")
+        torch.testing.assert_close(out[b:b + 1], ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(m3.env.HAS_CUDA, reason="checks the refusal on a machine without a GPU")
+def test_decode_benchmark_refuses_without_a_gpu():
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        bench_main.main(["decode"])

@@ -30,6 +30,11 @@ def main():
     for order in ("query", "kv"):
         out = m3.sparse_attention(q, k, v, sel, block_size=BS, order=order, backend="triton")
         report[f"sparse_{order}"] = relative_error(out, twin)
+    lengths = [S, 77]                                                 # decode: ragged, 2 new tokens each
+    out = m3.decode_attention(q[:, :, :2], k, v, iq[:, :, :2], ik, lengths, block_size=BS, top_k=K, backend="triton")
+    twin = m3.decode_attention(q[:, :, :2].float(), k.float(), v.float(), iq[:, :, :2].float(), ik.float(), lengths,
+                               block_size=BS, top_k=K, backend="torch")
+    report["decode"] = relative_error(out, twin)
     for name, value in report.items():
         print(f"{name:22s} {value:.2e}")
     bad = [n for n, e in report.items() if (e != 1.0 if n.endswith("agree") else not e < 1e-2)]
