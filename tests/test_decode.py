@@ -13,6 +13,7 @@ from m3lite.kernels import common, decode as decode_kernels
 DEVICE = m3.env.device()
 ON_GPU = DEVICE.type == "cuda"
 BACKENDS = ["torch", "triton"] if m3.env.HAS_TRITON else ["torch"]
+FP32_TOL = 3e-3 if ON_GPU else 1e-5          # tl.dot rounds float32 inputs to TF32 on the GPU
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +51,7 @@ def test_incremental_decoding_equals_prefill(backend):
         new = slice(start, start + n)
         cache.append(k[:, :, new], v[:, :, new], ik[:, :, new])
         out = cache.attend(q[:, :, new], iq[:, :, new], top_k=top_k, backend=backend)
-        assert rel_error(out, whole[:, :, new]) < 1e-5, f"tokens {start}..{start + n - 1}"
+        assert rel_error(out, whole[:, :, new]) < FP32_TOL, f"tokens {start}..{start + n - 1}"
         start += n
     assert cache.lengths == [L] and cache.capacity >= L
 
@@ -71,8 +72,8 @@ def test_ragged_batch_matches_each_sequence_alone(backend, dtype):
                                         iq[seq].float(), ik[seq, :, :length].float(), block_size=BS,
                                         top_k=top_k, backend="torch", return_lse=True)
         assert out.dtype == dtype
-        assert rel_error(out[seq], ref) < (1e-5 if dtype == torch.float32 else 1.5e-2), f"sequence {b}"
-        assert torch.allclose(lse[seq], ref_lse, atol=1e-2 if dtype == torch.bfloat16 else 1e-5)
+        assert rel_error(out[seq], ref) < (FP32_TOL if dtype == torch.float32 else 1.5e-2), f"sequence {b}"
+        assert torch.allclose(lse[seq], ref_lse, atol=1e-2 if dtype == torch.bfloat16 or ON_GPU else 1e-5)
 
 
 @pytest.mark.skipif(not m3.env.HAS_TRITON, reason="needs triton")

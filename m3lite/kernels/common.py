@@ -49,9 +49,10 @@ POISON = False
 
 
 def new_output(shape, dtype, device):
-    """An output buffer for a kernel to fill: uninitialised, or NaN while POISON is on."""
+    """An output buffer for a kernel to fill: uninitialised, or NaN (the lowest int) while POISON is on."""
     if POISON:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+        fill = float("nan") if dtype.is_floating_point else torch.iinfo(dtype).min
+        return torch.full(shape, fill, dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
 
 

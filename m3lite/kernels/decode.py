@@ -21,7 +21,6 @@ from .common import LOG2E, UPCAST, new_output, next_pow2
 from .indexer import _sort_key
 
 TOPK_CHUNK = 1024       # blocks per first-stage top-k program
-LN2 = 0.6931471805599453
 
 
 @triton.jit
@@ -127,32 +126,26 @@ def _decode_attend(Q, K, V, SEL, LENS, PART_O, PART_LSE,
 
 @triton.jit
 def _decode_combine(PART_O, PART_LSE, O, LSE, stride_ob, stride_oh, stride_ot,
-                    N, HQ, NUM_SLOTS, ROWS_PAD: tl.constexpr, SLOTS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr):
-    i_rows, query, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    heads = i_rows * ROWS_PAD + tl.arange(0, ROWS_PAD)
+                    N, HQ, NUM_SLOTS, SLOTS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr):
+    head, query, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     offs_k = tl.arange(0, SLOTS_PAD)
     offs_d = tl.arange(0, HEAD_DIM)
-    m_h = heads < HQ
-    row = ((i_b * N + query) * HQ + heads) * NUM_SLOTS                 # first partial of each head
-    lse = tl.load(PART_LSE + row[:, None] + offs_k[None, :], mask=m_h[:, None] & (offs_k[None, :] < NUM_SLOTS),
-                  other=float("-inf"))
-    m = tl.max(lse, 1)
+    m_k = offs_k < NUM_SLOTS
+    row = ((i_b * N + query) * HQ + head) * NUM_SLOTS + offs_k         # this head's partials
+    lse = tl.load(PART_LSE + row, mask=m_k, other=float("-inf"))
+    part = tl.load(PART_O + row[:, None] * HEAD_DIM + offs_d[None, :], mask=m_k[:, None], other=0.0)
+    m = tl.max(lse, 0)
     m_safe = tl.where(m == float("-inf"), 0.0, m)
-    total = tl.sum(tl.exp2(lse - m_safe[:, None]), 1)
-    acc = tl.zeros([ROWS_PAD, HEAD_DIM], tl.float32)
-    for slot in range(NUM_SLOTS):
-        w = tl.exp2(tl.load(PART_LSE + row + slot, mask=m_h, other=float("-inf")) - m_safe)
-        part = tl.load(PART_O + (row + slot)[:, None] * HEAD_DIM + offs_d[None, :], mask=m_h[:, None], other=0.0)
-        acc += w[:, None] * part
+    w = tl.exp2(lse - m_safe)
+    total = tl.sum(w, 0)
     total_safe = tl.where(total > 0, total, 1.0)
-    out = acc / total_safe[:, None]
-    tl.store(O + i_b * stride_ob + heads[:, None] * stride_oh + query * stride_ot + offs_d[None, :],
-             out.to(O.dtype.element_ty), mask=m_h[:, None])
-    final = tl.where(total > 0, (m_safe + tl.log2(total_safe)) * 0.6931471805599453, float("-inf"))
-    tl.store(LSE + (i_b * HQ + heads) * N + query, final, mask=m_h)
+    out = tl.sum(w[:, None] * part, 0) / total_safe
+    tl.store(O + i_b * stride_ob + head * stride_oh + query * stride_ot + offs_d, out.to(O.dtype.element_ty))
+    tl.store(LSE + (i_b * HQ + head) * N + query,
+             tl.where(total > 0, (m_safe + tl.log2(total_safe)) * 0.6931471805599453, float("-inf")))
 
 
-def decode_scores(iq, ik, lens, block_size, blocks_per_program=1):
+def decode_scores(iq, ik, lens, block_size, blocks_per_program=4):
     """float32 [B, HI, n, NB] block scores of the last n tokens of each sequence (+inf: own block)."""
     B, HI, N, DI = iq.shape
     capacity = ik.shape[2]
@@ -176,7 +169,7 @@ def decode_select(scores, top_k):
     num_chunks = triton.cdiv(NB, chunk)
     candidates = torch.empty((rows.shape[0], num_chunks, k_pad), dtype=torch.int64, device=scores.device)
     _topk_chunks[(rows.shape[0], num_chunks)](rows, candidates, NB, rows.stride(0), CHUNK=chunk, K_PAD=k_pad)
-    sel = torch.full((rows.shape[0], top_k), -1, dtype=torch.int32, device=scores.device)
+    sel = new_output((rows.shape[0], top_k), torch.int32, scores.device)
     _topk_merge[(rows.shape[0],)](candidates, sel, num_chunks * k_pad, top_k, sel.stride(0),
                                   CANDIDATES_PAD=max(2, next_pow2(num_chunks * k_pad)), K_PAD=k_pad,
                                   NEG_INF_KEY=_sort_key(float("-inf")))
@@ -198,10 +191,8 @@ def decode_attend(q, k, v, sel, lens, block_size, scale):
                                            UPCAST=UPCAST, num_warps=4)
     out = new_output(q.shape, q.dtype, q.device)
     lse = new_output((B, HQ, N), torch.float32, q.device)
-    rows_pad = min(16, next_pow2(HQ))
-    _decode_combine[(triton.cdiv(HQ, rows_pad), N, B)](part_o, part_lse, out, lse, out.stride(0), out.stride(1),
-                                                      out.stride(2), N, HQ, num_slots, ROWS_PAD=rows_pad,
-                                                      SLOTS_PAD=max(2, next_pow2(num_slots)), HEAD_DIM=D)
+    _decode_combine[(HQ, N, B)](part_o, part_lse, out, lse, out.stride(0), out.stride(1), out.stride(2),
+                                N, HQ, num_slots, SLOTS_PAD=max(2, next_pow2(num_slots)), HEAD_DIM=D)
     return out, lse
 
 
