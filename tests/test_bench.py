@@ -79,3 +79,10 @@ def test_decode_benchmark_naive_peer_attends_the_selected_blocks():
 def test_decode_benchmark_refuses_without_a_gpu():
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
         bench_main.main(["decode"])
+
+
+def test_selection_recall_counts_the_reference_blocks_kept():
+    from m3lite.bench.decode import selection_recall
+    reference = torch.tensor([[3, 1, -1], [0, 2, 4]])
+    other = torch.tensor([[1, 5, 3], [4, 7, 8]])
+    assert abs(selection_recall(reference, other) - (1.0 + 1 / 3) / 2) < 1e-6

@@ -129,3 +129,21 @@ def test_bad_construction(kwargs, match):
 
 def test_repr_names_the_shape():
     assert "lengths=[0, 0]" in repr(make()) and "block_size=8" in repr(make())
+
+
+def test_fp8_index_cache_grows_with_its_scales():
+    cache = m3.MSACache(batch=2, kv_heads=2, head_dim=8, index_dim=4, block_size=8, capacity=8, device="cpu",
+                        index_dtype=torch.float8_e4m3fn)
+    k, v, ik = tokens(6)
+    cache.append(k, v, ik)
+    cache.append(*tokens(5, seed=1))                         # 11 tokens: grows to 16
+    assert cache.capacity == 16 and cache.ik_scale.shape == (2, 1, 16)
+    back = cache.ik[:, :, :6].float() * cache.ik_scale[:, :, :6, None]
+    assert ((back - ik).norm() / ik.norm()) < 0.05
+    with pytest.raises(TypeError, match="ik must have the cache's dtype"):
+        cache.append(k, v, ik.to(torch.float8_e4m3fn))
+
+
+def test_index_dtype_is_the_cache_dtype_or_fp8():
+    with pytest.raises(ValueError, match="index_dtype must be None"):
+        m3.MSACache(batch=1, kv_heads=2, head_dim=8, device="cpu", index_dtype=torch.float16)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import m3lite as m3
-from m3lite.attention.decode import decode_attention_torch
+from m3lite.attention.decode import decode_attention_torch, dequantize_index_keys, quantize_index_keys
 from m3lite.kernels import common, decode as decode_kernels
 
 DEVICE = m3.env.device()
@@ -130,3 +130,46 @@ def test_gpu_m3_shape_matches_torch_twin(n):
     out = m3.decode_attention(q, k, v, iq, ik, lengths, block_size=BS, top_k=top_k, backend="triton")
     ref = decode_attention_torch(q.float(), k.float(), v.float(), iq.float(), ik.float(), lengths, BS, top_k, None)[0]
     assert rel_error(out, ref) < 1e-2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fp8_index_cache_equals_prefill_on_its_dequantized_keys(backend):
+    """With fp8 index keys, decoding equals one msa_attention whose index keys are the dequantized ones."""
+    L, BS, top_k, steps = 64, 16, 2, [1, 3, 1]
+    q, k, v, iq, ik = sequence(L, seed=11)
+    cache = m3.MSACache(batch=1, kv_heads=2, head_dim=32, index_dim=16, block_size=BS, device=DEVICE,
+                        index_dtype=torch.float8_e4m3fn)
+    start = L - sum(steps)
+    cache.append(k[:, :, :start], v[:, :, :start], ik[:, :, :start])
+    for n in steps:
+        new = slice(start, start + n)
+        cache.append(k[:, :, new], v[:, :, new], ik[:, :, new])
+        start += n
+    assert cache.ik.dtype == torch.float8_e4m3fn and cache.ik_scale.shape == (1, 1, cache.capacity)
+    ik_seen = dequantize_index_keys(cache.ik[:, :, :L], cache.ik_scale[:, :, :L])
+    assert rel_error(ik_seen, ik) < 0.05                                   # e4m3 keeps about 2 significant digits
+    whole = m3.msa_attention(q, k, v, iq, ik_seen, block_size=BS, top_k=top_k, backend="torch")
+    out = cache.attend(q[:, :, -1:], iq[:, :, -1:], top_k=top_k, backend=backend)
+    assert rel_error(out, whole[:, :, -1:]) < FP32_TOL
+
+
+def test_quantized_keys_round_trip_and_scale_per_token():
+    ik = randn(2, 1, 50, 16, seed=12) * torch.linspace(0.01, 100, 50, device=DEVICE)[:, None]
+    ik_fp8, scale = quantize_index_keys(ik)
+    assert ik_fp8.dtype == torch.float8_e4m3fn and scale.shape == (2, 1, 50)
+    back = dequantize_index_keys(ik_fp8, scale)
+    assert ((back - ik).norm(dim=-1) / ik.norm(dim=-1)).max() < 0.05       # every token, small or large
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda ik8, sc: (ik8, None), "pass ik_scale"),
+    (lambda ik8, sc: (ik8.float(), sc), "ik_scale goes with fp8"),
+    (lambda ik8, sc: (ik8, sc[..., :-1]), "ik_scale must be float32"),
+    (lambda ik8, sc: (ik8, sc.double()), "ik_scale must be float32"),
+])
+def test_fp8_keys_need_their_scale(change, match):
+    q, k, v, iq, ik = sequence(16)
+    ik8, scale = change(*quantize_index_keys(ik))
+    with pytest.raises((ValueError, TypeError), match=match):
+        m3.decode_attention(q[:, :, -1:], k, v, iq[:, :, -1:], ik8, [16], block_size=8, top_k=2, ik_scale=scale,
+                            backend="torch")

@@ -1,7 +1,8 @@
 """GPU decode benchmark: one new token per sequence against a long cache, side by side in one process.
 
 Methods: dense SDPA decode; a naive torch "gather the selected blocks, then SDPA" (attention only);
-our Triton index scan + top-k, our attention over the selected blocks, and our whole MSA step.
+our Triton index scan + top-k, our attention over the selected blocks, and our whole MSA step, also
+with fp8 index keys (with how many of the bf16 selection's blocks the fp8 selection keeps).
 Every step is captured in a CUDA graph and replayed over several copies of the cache (like the
 layers of a model), so that launch overhead and a warm L2 cache do not flatter small contexts;
 eager (uncaptured) times are recorded beside. Bytes are what a method must read; bandwidth is
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import m3lite as m3
-from m3lite.attention.decode import decode_attention_torch
+from m3lite.attention.decode import decode_attention_torch, quantize_index_keys
 
 M3 = dict(HQ=64, HKV=4, D=128, BS=128, K=16)
 CASES = [dict(M3, S=32768, B=1), dict(M3, S=131072, B=1), dict(M3, S=1048576, B=1), dict(M3, S=131072, B=16)]
@@ -99,8 +100,9 @@ def case_bytes(case):
     B, HKV, D, S, BS, K = (case[x] for x in ("B", "HKV", "D", "S", "BS", "K"))
     kv = 2 * B * HKV * S * D * 2
     index = B * S * D * 2
+    index_fp8 = B * S * (D + 4)                                       # fp8 keys and a float32 scale per token
     selected = 2 * B * HKV * K * BS * D * 2
-    return dict(kv=kv, index=index, selected=selected)
+    return dict(kv=kv, index=index, index_fp8=index_fp8, selected=selected)
 
 
 def run_case(case, bandwidth, repeats):
@@ -110,6 +112,7 @@ def run_case(case, bandwidth, repeats):
     copies = max(1, math.ceil(MIN_FOOTPRINT / (nbytes["kv"] + nbytes["index"])))
     caches, q, iq, lens = step_inputs(case, copies)
     sels = [dk.decode_select(dk.decode_scores(iq, ik, lens, BS), K) for _, _, ik in caches]
+    fp8 = [quantize_index_keys(ik) for _, _, ik in caches]                  # (keys, scales) per copy
     scale = D ** -0.5
     methods = {
         "sdpa_dense": (lambda i: F.scaled_dot_product_attention(q, caches[i][0], caches[i][1], enable_gqa=True),
@@ -121,9 +124,14 @@ def run_case(case, bandwidth, repeats):
                         nbytes["selected"]),
         "ours_step": (lambda i: dk.decode_attention(q, *caches[i][:2], iq, caches[i][2], lens, BS, K, None),
                       nbytes["index"] + nbytes["selected"]),
+        "ours_index_fp8": (lambda i: dk.decode_select(dk.decode_scores(iq, fp8[i][0], lens, BS, fp8[i][1]), K),
+                           nbytes["index_fp8"]),
+        "ours_step_fp8": (lambda i: dk.decode_attention(q, *caches[i][:2], iq, fp8[i][0], lens, BS, K, None, fp8[i][1]),
+                          nbytes["index_fp8"] + nbytes["selected"]),
     }
     with torch.no_grad():
-        error = step_error(q, iq, caches[0], lens, case)
+        errors = {"ours_step": step_error(q, iq, caches[0], lens, case),
+                  "ours_step_fp8": step_error(q, iq, (*caches[0][:2], fp8[0][0]), lens, case, fp8[0][1])}
         rows = []
         for name, (fn, moved) in methods.items():
             us = graph_us(fn, copies, repeats)
@@ -133,20 +141,47 @@ def run_case(case, bandwidth, repeats):
     for r in rows:
         r["of_copy_bandwidth"] = r["bandwidth"] / bandwidth
         r["speedup_vs_dense"] = dense / r["us"]
-        r["rel_error_vs_twin"] = error if r["method"] == "ours_step" else None
-    del caches, sels, methods
+        r["rel_error_vs_twin"] = errors.get(r["method"])
+    del caches, sels, fp8, methods
     torch.cuda.empty_cache()
     return rows
 
 
-def step_error(q, iq, cache, lens, case):
+def step_error(q, iq, cache, lens, case, ik_scale=None):
     """Relative error of our step against the torch twin (float32) on one copy of the cache."""
     from m3lite.kernels import decode as dk
     k, v, ik = cache
-    out = dk.decode_attention(q, k, v, iq, ik, lens, case["BS"], case["K"], None)[0]
-    twin = decode_attention_torch(q.float(), k.float(), v.float(), iq.float(), ik.float(), lens.tolist(),
-                                  case["BS"], case["K"], None)[0]
+    out = dk.decode_attention(q, k, v, iq, ik, lens, case["BS"], case["K"], None, ik_scale)[0]
+    twin = decode_attention_torch(q.float(), k.float(), v.float(), iq.float(), ik if ik_scale is not None else ik.float(),
+                                  lens.tolist(), case["BS"], case["K"], None, ik_scale)[0]
     return ((out.float() - twin).norm() / twin.norm()).item()
+
+
+def selection_recall(reference, other):
+    """Share of the reference selection's blocks that the other selection also picks (mean over rows)."""
+    valid = reference >= 0
+    kept = ((reference[..., :, None] == other[..., None, :]) & valid[..., None]).any(-1)
+    return (kept.sum(-1) / valid.sum(-1)).float().mean().item()
+
+
+def fp8_selection_recall(case, queries=16):
+    """How much of the bf16 selection the fp8 index keys keep, for random and for local index keys."""
+    from m3lite.bench.prefill import index_inputs
+    from m3lite.kernels import decode as dk
+    B, HKV, S, D, BS, K = (case[x] for x in ("B", "HKV", "S", "D", "BS", "K"))
+    lens = torch.full((B,), S, dtype=torch.int32, device="cuda")
+    rows = []
+    for pattern in ("random", "locality"):
+        iq, ik = index_inputs(B, HKV, S, D, pattern, torch.device("cuda"))
+        iq = iq[:, :, -queries:].contiguous()
+        reference = dk.decode_select(dk.decode_scores(iq, ik, lens, BS), K)
+        ik_fp8, ik_scale = quantize_index_keys(ik)
+        fp8 = dk.decode_select(dk.decode_scores(iq, ik_fp8, lens, BS, ik_scale), K)
+        rows.append(dict(case=case_name(case), pattern=pattern, fp8_selection_recall=selection_recall(reference, fp8)))
+        print(f"  {rows[-1]['case']} {pattern}: fp8 index keys keep {rows[-1]['fp8_selection_recall']:.1%} "
+              f"of the bf16 selection", flush=True)
+        del iq, ik, ik_fp8
+    return rows
 
 
 def sweep(bandwidth, repeats):
@@ -209,12 +244,17 @@ def attention_share(repeats):
                                                                           enable_gqa=True), copies, repeats)
                 msa = graph_us(lambda i: dk.decode_attention(q, *caches[i][:2], iq, caches[i][2], lens, M3["BS"],
                                                              M3["K"], None), copies, repeats)
+                fp8 = [quantize_index_keys(ik) for _, _, ik in caches]
+                msa_fp8 = graph_us(lambda i: dk.decode_attention(q, *caches[i][:2], iq, fp8[i][0], lens, M3["BS"],
+                                                                 M3["K"], None, fp8[i][1]), copies, repeats)
             rows.append(dict(batch=batch, context=S, rest_us=rest, dense_attention_us=dense, msa_attention_us=msa,
-                             dense_share=dense / (dense + rest), msa_share=msa / (msa + rest),
+                             msa_fp8_attention_us=msa_fp8, dense_share=dense / (dense + rest),
+                             msa_share=msa / (msa + rest), msa_fp8_share=msa_fp8 / (msa_fp8 + rest),
                              layer_speedup=(dense + rest) / (msa + rest), weight_bytes=weight_bytes))
             print(f"  batch {batch:2d} context {S // 1024:5d}K: rest {rest:7.1f} us, attention dense {dense:8.1f} us "
-                  f"({rows[-1]['dense_share']:.0%}), msa {msa:6.1f} us ({rows[-1]['msa_share']:.0%})", flush=True)
-            del caches
+                  f"({rows[-1]['dense_share']:.0%}), msa {msa:6.1f} us ({rows[-1]['msa_share']:.0%}), "
+                  f"msa fp8 {msa_fp8:6.1f} us ({rows[-1]['msa_fp8_share']:.0%})", flush=True)
+            del caches, fp8
             torch.cuda.empty_cache()
     return rows
 
@@ -225,11 +265,13 @@ def case_name(c):
 
 
 def table(rows):
-    head = f"{'case':<11}{'method':<19}{'us':>9}{'eager us':>10}{'MB':>9}{'GB/s':>8}{'of copy':>9}{'x dense':>9}"
+    head = (f"{'case':<11}{'method':<19}{'us':>9}{'eager us':>10}{'MB':>9}{'GB/s':>8}{'of copy':>9}{'x dense':>9}"
+            f"{'err':>9}")
     lines = [head]
     for r in rows:
+        err = f"{r['rel_error_vs_twin']:9.1e}" if r["rel_error_vs_twin"] is not None else f"{'-':>9}"
         lines.append(f"{r['case']:<11}{r['method']:<19}{r['us']:9.1f}{r['eager_us']:10.1f}{r['bytes'] / 1e6:9.1f}"
-                     f"{r['bandwidth'] / 1e9:8.0f}{r['of_copy_bandwidth']:9.0%}{r['speedup_vs_dense']:9.2f}")
+                     f"{r['bandwidth'] / 1e9:8.0f}{r['of_copy_bandwidth']:9.0%}{r['speedup_vs_dense']:9.2f}{err}")
     return "\n".join(lines)
 
 
@@ -251,12 +293,13 @@ def main(args):
     if not args.no_sweep:
         result["sweep"] = sweep(bandwidth, args.repeats)
     rows = []
-    for case in [CASES[i] for i in args.cases] if args.cases else CASES:
+    cases = [CASES[i] for i in args.cases] if args.cases else CASES
+    for case in cases:
         rows += run_case(case, bandwidth, args.repeats)
-        print(table(rows[-5:]).split("\n", 1)[1] + f"   (error vs twin {rows[-1]['rel_error_vs_twin']:.1e})",
-              flush=True)
+        print(table(rows[-7:]).split("\n", 1)[1], flush=True)
     print(table(rows))
     result["rows"] = rows
+    result["fp8_recall"] = [r for case in cases for r in fp8_selection_recall(case)]
     if not args.no_share:
         result["share"] = attention_share(args.repeats)
     if args.json:

@@ -49,10 +49,10 @@ def sparse_attention(q, k, v, sel, block_size, causal, scale, order):
     return run(q, k, v, sel, block_size, causal, scale)
 
 
-def decode_attention(q, k, v, iq, ik, lens, block_size, top_k, scale):
+def decode_attention(q, k, v, iq, ik, lens, block_size, top_k, scale, ik_scale=None):
     _check((q, k, v, iq, ik), q.shape[-1], block_size)
     common.check_head_dim(iq.shape[-1], "index dim")
     if block_size > common.MAX_BLOCK_SIZE:
         raise ValueError(f"backend='triton' takes block_size <= {common.MAX_BLOCK_SIZE}, got {block_size}; "
                          "backend='torch' takes any")
-    return _decode.decode_attention(q, k, v, iq, ik, lens, block_size, top_k, scale)
+    return _decode.decode_attention(q, k, v, iq, ik, lens, block_size, top_k, scale, ik_scale)

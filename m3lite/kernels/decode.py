@@ -5,7 +5,8 @@ be captured in a CUDA graph); LENS, the cached tokens per sequence, lives on the
 1. _decode_scores: block-max index scores. A decode step has only HI * n index-query rows per
    sequence, so the index-key cache is split over many programs, one (or a few) blocks each, and
    every program scores its blocks for all rows at once: the scan runs at memory speed.
-   The query's own block is marked +inf (forced) and invisible blocks -inf.
+   The query's own block is marked +inf (forced) and invisible blocks -inf. Index keys may be
+   bf16/fp16/fp32, or fp8 (e4m3) with one float32 scale per token: half the bytes to scan.
 2. _topk_chunks and 3. _topk_merge: the top-k blocks in two stages, each chunk of blocks keeping
    its best K candidates, then one merge per row (one program per row over 8K blocks would be slow).
 4. _decode_attend: split-KV (flash-decoding): a program per (selected slot, query, KV group)
@@ -24,11 +25,11 @@ TOPK_CHUNK = 1024       # blocks per first-stage top-k program
 
 
 @triton.jit
-def _decode_scores(IQ, IK, LENS, OUT,
-                   stride_qb, stride_qh, stride_qt, stride_kb, stride_ks, stride_ob, stride_oh, stride_ot,
+def _decode_scores(IQ, IK, IK_SCALE, LENS, OUT,
+                   stride_qb, stride_qh, stride_qt, stride_kb, stride_ks, stride_cb, stride_ob, stride_oh, stride_ot,
                    N, NB, ROWS, scale,
                    BS: tl.constexpr, ROWS_PAD: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr,
-                   INDEX_DIM: tl.constexpr, UPCAST: tl.constexpr):
+                   INDEX_DIM: tl.constexpr, FP8_KEYS: tl.constexpr, UPCAST: tl.constexpr):
     i_j, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
     rows = tl.arange(0, ROWS_PAD)                                     # row = index head * N + query
     head, query = rows // N, rows % N
@@ -48,7 +49,11 @@ def _decode_scores(IQ, IK, LENS, OUT,
         b_k = tl.load(p_k + cols[None, :] * stride_ks, mask=cols[None, :] < length, other=0.0)   # [DI, BS]
         if UPCAST:
             b_k = b_k.to(tl.float32)
+        elif FP8_KEYS:
+            b_k = b_k.to(b_q.dtype)                                   # fp8 widens exactly to bf16
         s = tl.dot(b_q, b_k)
+        if FP8_KEYS:                                                  # each key token's own scale
+            s *= tl.load(IK_SCALE + i_b * stride_cb + cols, mask=cols < length, other=0.0)[None, :]
         s = tl.where(cols[None, :] <= pos[:, None], s, float("-inf"))
         best = tl.max(s, 1) * scale
         best = tl.where(j == pos // BS, float("inf"), best)               # the own block is forced
@@ -145,18 +150,22 @@ def _decode_combine(PART_O, PART_LSE, O, LSE, stride_ob, stride_oh, stride_ot,
              tl.where(total > 0, (m_safe + tl.log2(total_safe)) * 0.6931471805599453, float("-inf")))
 
 
-def decode_scores(iq, ik, lens, block_size, blocks_per_program=4):
-    """float32 [B, HI, n, NB] block scores of the last n tokens of each sequence (+inf: own block)."""
+def decode_scores(iq, ik, lens, block_size, ik_scale=None, blocks_per_program=4):
+    """float32 [B, HI, n, NB] block scores of the last n tokens of each sequence (+inf: own block).
+    With fp8 index keys, ik_scale [B, 1, capacity] holds each key token's scale."""
     B, HI, N, DI = iq.shape
     capacity = ik.shape[2]
     NB = triton.cdiv(capacity, block_size)
     scores = new_output((B, HI, N, NB), torch.float32, iq.device)
     rows = HI * N
     grid = (triton.cdiv(NB, blocks_per_program), B)
-    _decode_scores[grid](iq, ik, lens, scores, iq.stride(0), iq.stride(1), iq.stride(2), ik.stride(0),
-                         ik.stride(2), scores.stride(0), scores.stride(1), scores.stride(2),
+    fp8 = ik_scale is not None
+    ik_scale = ik_scale if fp8 else ik                                # any pointer when unused
+    _decode_scores[grid](iq, ik, ik_scale, lens, scores, iq.stride(0), iq.stride(1), iq.stride(2), ik.stride(0),
+                         ik.stride(2), ik_scale.stride(0), scores.stride(0), scores.stride(1), scores.stride(2),
                          N, NB, rows, DI ** -0.5, BS=block_size, ROWS_PAD=max(16, next_pow2(rows)),
-                         BLOCKS_PER_PROGRAM=blocks_per_program, INDEX_DIM=DI, UPCAST=UPCAST, num_warps=4)
+                         BLOCKS_PER_PROGRAM=blocks_per_program, INDEX_DIM=DI, FP8_KEYS=fp8, UPCAST=UPCAST,
+                         num_warps=4)
     return scores
 
 
@@ -196,9 +205,9 @@ def decode_attend(q, k, v, sel, lens, block_size, scale):
     return out, lse
 
 
-def decode_attention(q, k, v, iq, ik, lens, block_size, top_k, scale):
+def decode_attention(q, k, v, iq, ik, lens, block_size, top_k, scale, ik_scale=None):
     """One MSA decode step: scores, selection, attention. lens: int32 [B] cached tokens per sequence."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     q, iq = q.contiguous(), iq.contiguous()
-    sel = decode_select(decode_scores(iq, ik, lens, block_size), top_k)
+    sel = decode_select(decode_scores(iq, ik, lens, block_size, ik_scale), top_k)
     return decode_attend(q, k, v, sel, lens, block_size, scale)
