@@ -35,6 +35,13 @@ def main():
     twin = m3.decode_attention(q[:, :, :2].float(), k.float(), v.float(), iq[:, :, :2].float(), ik.float(), lengths,
                                block_size=BS, top_k=K, backend="torch")
     report["decode"] = relative_error(out, twin)
+    from m3lite.attention.decode import quantize_index_keys
+    ik_fp8, ik_scale = quantize_index_keys(ik)
+    out = m3.decode_attention(q[:, :, :2], k, v, iq[:, :, :2], ik_fp8, lengths, block_size=BS, top_k=K,
+                              backend="triton", ik_scale=ik_scale)
+    twin = m3.decode_attention(q[:, :, :2].float(), k.float(), v.float(), iq[:, :, :2].float(), ik_fp8, lengths,
+                               block_size=BS, top_k=K, backend="torch", ik_scale=ik_scale)
+    report["decode_fp8_keys"] = relative_error(out, twin)
     for name, value in report.items():
         print(f"{name:22s} {value:.2e}")
     bad = [n for n, e in report.items() if (e != 1.0 if n.endswith("agree") else not e < 1e-2)]
