@@ -191,10 +191,13 @@ def sweep(bandwidth, repeats):
     caches, q, iq, lens = step_inputs(case, 1)
     ik = caches[0][2]
     moved = case_bytes(case)["index"]
+    ik_fp8, ik_scale = quantize_index_keys(ik)
     rows = []
-    for bpp in (1, 2, 4, 8):
-        us = graph_us(lambda i: dk.decode_scores(iq, ik, lens, case["BS"], blocks_per_program=bpp), 1, repeats)
-        rows.append(dict(kernel="decode_scores", blocks_per_program=bpp, us=us, of_copy_bandwidth=moved / us / 1e-6 / bandwidth))
+    for keys, key_scale, key_bytes in ((ik, None, moved), (ik_fp8, ik_scale, case_bytes(case)["index_fp8"])):
+        for bpp, warps in ((1, 4), (2, 4), (4, 4), (8, 4), (16, 4), (4, 8), (8, 8), (16, 8), (32, 8)):
+            us = graph_us(lambda i: dk.decode_scores(iq, keys, lens, case["BS"], key_scale, bpp, warps), 1, repeats)
+            rows.append(dict(kernel="decode_scores", keys=str(keys.dtype).split(".")[-1], blocks_per_program=bpp,
+                             num_warps=warps, us=us, of_copy_bandwidth=key_bytes / us / 1e-6 / bandwidth))
     scores = dk.decode_scores(iq, ik, lens, case["BS"])
     for chunk in (256, 1024, 4096):
         dk.TOPK_CHUNK = chunk
@@ -279,6 +282,7 @@ def add_arguments(parser):
     parser.add_argument("--cases", type=int, nargs="+", help="indices into CASES (default: all)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--no-sweep", action="store_true", help="skip the kernel-configuration sweep")
+    parser.add_argument("--sweep-only", action="store_true", help="only the kernel-configuration sweep")
     parser.add_argument("--no-share", action="store_true", help="skip the share of attention in a layer")
     parser.add_argument("--json", help="also write the results, GPU and versions to this JSON file")
 
@@ -292,6 +296,8 @@ def main(args):
     result = dict(benchmark="decode", copy_bandwidth=bandwidth, layer=LAYER, shape=M3)
     if not args.no_sweep:
         result["sweep"] = sweep(bandwidth, args.repeats)
+    if args.sweep_only:
+        return
     rows = []
     cases = [CASES[i] for i in args.cases] if args.cases else CASES
     for case in cases:

@@ -150,7 +150,7 @@ def _decode_combine(PART_O, PART_LSE, O, LSE, stride_ob, stride_oh, stride_ot,
              tl.where(total > 0, (m_safe + tl.log2(total_safe)) * 0.6931471805599453, float("-inf")))
 
 
-def decode_scores(iq, ik, lens, block_size, ik_scale=None, blocks_per_program=4):
+def decode_scores(iq, ik, lens, block_size, ik_scale=None, blocks_per_program=4, num_warps=4):
     """float32 [B, HI, n, NB] block scores of the last n tokens of each sequence (+inf: own block).
     With fp8 index keys, ik_scale [B, 1, capacity] holds each key token's scale."""
     B, HI, N, DI = iq.shape
@@ -165,7 +165,7 @@ def decode_scores(iq, ik, lens, block_size, ik_scale=None, blocks_per_program=4)
                          ik.stride(2), ik_scale.stride(0), scores.stride(0), scores.stride(1), scores.stride(2),
                          N, NB, rows, DI ** -0.5, BS=block_size, ROWS_PAD=max(16, next_pow2(rows)),
                          BLOCKS_PER_PROGRAM=blocks_per_program, INDEX_DIM=DI, FP8_KEYS=fp8, UPCAST=UPCAST,
-                         num_warps=4)
+                         num_warps=num_warps)
     return scores
 
 
