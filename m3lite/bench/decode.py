@@ -194,7 +194,7 @@ def sweep(bandwidth, repeats):
     ik_fp8, ik_scale = quantize_index_keys(ik)
     rows = []
     for keys, key_scale, key_bytes in ((ik, None, moved), (ik_fp8, ik_scale, case_bytes(case)["index_fp8"])):
-        for bpp, warps in ((1, 4), (2, 4), (4, 4), (8, 4), (16, 4), (4, 8), (8, 8), (16, 8), (32, 8)):
+        for bpp, warps in ((1, 4), (2, 4), (4, 4), (8, 4), (16, 4), (32, 4), (4, 8), (16, 8)):
             us = graph_us(lambda i: dk.decode_scores(iq, keys, lens, case["BS"], key_scale, bpp, warps), 1, repeats)
             rows.append(dict(kernel="decode_scores", keys=str(keys.dtype).split(".")[-1], blocks_per_program=bpp,
                              num_warps=warps, us=us, of_copy_bandwidth=key_bytes / us / 1e-6 / bandwidth))

@@ -150,9 +150,10 @@ def _decode_combine(PART_O, PART_LSE, O, LSE, stride_ob, stride_oh, stride_ot,
              tl.where(total > 0, (m_safe + tl.log2(total_safe)) * 0.6931471805599453, float("-inf")))
 
 
-def decode_scores(iq, ik, lens, block_size, ik_scale=None, blocks_per_program=4, num_warps=4):
+def decode_scores(iq, ik, lens, block_size, ik_scale=None, blocks_per_program=None, num_warps=4):
     """float32 [B, HI, n, NB] block scores of the last n tokens of each sequence (+inf: own block).
-    With fp8 index keys, ik_scale [B, 1, capacity] holds each key token's scale."""
+    With fp8 index keys, ik_scale [B, 1, capacity] holds each key token's scale, and the kernel
+    computes in fp16 (fp8 -> fp16 is one instruction), so iq must lie within fp16's range."""
     B, HI, N, DI = iq.shape
     capacity = ik.shape[2]
     NB = triton.cdiv(capacity, block_size)
@@ -161,6 +162,8 @@ def decode_scores(iq, ik, lens, block_size, ik_scale=None, blocks_per_program=4,
     grid = (triton.cdiv(NB, blocks_per_program), B)
     fp8 = ik_scale is not None
     ik_scale = ik_scale if fp8 else ik                                # any pointer when unused
+    if blocks_per_program is None:                                    # the fastest in the H200 sweep
+        blocks_per_program = 16 if fp8 else 4
     _decode_scores[grid](iq, ik, ik_scale, lens, scores, iq.stride(0), iq.stride(1), iq.stride(2), ik.stride(0),
                          ik.stride(2), ik_scale.stride(0), scores.stride(0), scores.stride(1), scores.stride(2),
                          N, NB, rows, DI ** -0.5, BS=block_size, ROWS_PAD=max(16, next_pow2(rows)),
