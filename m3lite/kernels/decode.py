@@ -41,6 +41,8 @@ def _decode_scores(IQ, IK, IK_SCALE, LENS, OUT,
                   + offs_d[None, :], mask=rows[:, None] < ROWS, other=0.0)
     if UPCAST:
         b_q = b_q.to(tl.float32)
+    elif FP8_KEYS:
+        b_q = b_q.to(tl.float16)                                      # fp8 -> fp16 is one instruction
     p_k = IK + i_b * stride_kb + offs_d[:, None]
     p_out = OUT + i_b * stride_ob + head * stride_oh + query * stride_ot
     for jj in range(BLOCKS_PER_PROGRAM):
@@ -50,7 +52,7 @@ def _decode_scores(IQ, IK, IK_SCALE, LENS, OUT,
         if UPCAST:
             b_k = b_k.to(tl.float32)
         elif FP8_KEYS:
-            b_k = b_k.to(b_q.dtype)                                   # fp8 widens exactly to bf16
+            b_k = b_k.to(tl.float16)                                  # exact: e4m3 fits in fp16
         s = tl.dot(b_q, b_k)
         if FP8_KEYS:                                                  # each key token's own scale
             s *= tl.load(IK_SCALE + i_b * stride_cb + cols, mask=cols < length, other=0.0)[None, :]
@@ -159,11 +161,11 @@ def decode_scores(iq, ik, lens, block_size, ik_scale=None, blocks_per_program=No
     NB = triton.cdiv(capacity, block_size)
     scores = new_output((B, HI, N, NB), torch.float32, iq.device)
     rows = HI * N
-    grid = (triton.cdiv(NB, blocks_per_program), B)
     fp8 = ik_scale is not None
     ik_scale = ik_scale if fp8 else ik                                # any pointer when unused
     if blocks_per_program is None:                                    # the fastest in the H200 sweep
         blocks_per_program = 16 if fp8 else 4
+    grid = (triton.cdiv(NB, blocks_per_program), B)
     _decode_scores[grid](iq, ik, ik_scale, lens, scores, iq.stride(0), iq.stride(1), iq.stride(2), ik.stride(0),
                          ik.stride(2), ik_scale.stride(0), scores.stride(0), scores.stride(1), scores.stride(2),
                          N, NB, rows, DI ** -0.5, BS=block_size, ROWS_PAD=max(16, next_pow2(rows)),
