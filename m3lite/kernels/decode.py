@@ -22,6 +22,7 @@ from .common import LOG2E, UPCAST, new_output, next_pow2
 from .indexer import _sort_key
 
 TOPK_CHUNK = 1024       # blocks per first-stage top-k program
+MIN_SCAN_PROGRAMS = 512  # about four programs per SM of an H100/H200
 
 
 @triton.jit
@@ -163,8 +164,8 @@ def decode_scores(iq, ik, lens, block_size, ik_scale=None, blocks_per_program=No
     rows = HI * N
     fp8 = ik_scale is not None
     ik_scale = ik_scale if fp8 else ik                                # any pointer when unused
-    if blocks_per_program is None:                                    # the fastest in the H200 sweep
-        blocks_per_program = 16 if fp8 else 4
+    if blocks_per_program is None:
+        blocks_per_program = scan_blocks_per_program(NB, B, fp8)
     grid = (triton.cdiv(NB, blocks_per_program), B)
     _decode_scores[grid](iq, ik, ik_scale, lens, scores, iq.stride(0), iq.stride(1), iq.stride(2), ik.stride(0),
                          ik.stride(2), ik_scale.stride(0), scores.stride(0), scores.stride(1), scores.stride(2),
@@ -172,6 +173,15 @@ def decode_scores(iq, ik, lens, block_size, ik_scale=None, blocks_per_program=No
                          BLOCKS_PER_PROGRAM=blocks_per_program, INDEX_DIM=DI, FP8_KEYS=fp8, UPCAST=UPCAST,
                          num_warps=num_warps)
     return scores
+
+
+def scan_blocks_per_program(NB, B, fp8):
+    """Blocks each program of the index scan takes: the fastest in the H200 sweep at 1M tokens (16 for
+    fp8 keys, 4 otherwise), fewer where that would leave under MIN_SCAN_PROGRAMS programs."""
+    blocks = 16 if fp8 else 4
+    while blocks > 1 and B * triton.cdiv(NB, blocks) < MIN_SCAN_PROGRAMS:
+        blocks //= 2
+    return blocks
 
 
 def decode_select(scores, top_k):
