@@ -173,3 +173,12 @@ def test_fp8_keys_need_their_scale(change, match):
     with pytest.raises((ValueError, TypeError), match=match):
         m3.decode_attention(q[:, :, -1:], k, v, iq[:, :, -1:], ik8, [16], block_size=8, top_k=2, ik_scale=scale,
                             backend="torch")
+
+
+def test_index_scan_keeps_enough_programs():
+    for NB, B in ((1, 1), (256, 1), (1024, 1), (8192, 1), (1024, 16)):
+        for fp8 in (False, True):
+            blocks = decode_kernels.scan_blocks_per_program(NB, B, fp8)
+            assert blocks in (1, 2, 4, 8, 16)
+            assert blocks == 1 or B * -(-NB // blocks) >= decode_kernels.MIN_SCAN_PROGRAMS
+    assert decode_kernels.scan_blocks_per_program(8192, 1, True) == 16      # the sweep's best at 1M
