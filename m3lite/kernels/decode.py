@@ -22,7 +22,7 @@ from .common import LOG2E, UPCAST, new_output, next_pow2
 from .indexer import _sort_key
 
 TOPK_CHUNK = 1024       # blocks per first-stage top-k program
-MIN_SCAN_PROGRAMS = 512  # about four programs per SM of an H100/H200
+MIN_SCAN_PROGRAMS = 256  # about two programs per SM of an H100/H200
 
 
 @triton.jit
