@@ -90,7 +90,11 @@ class MSACache:
         self.lengths_device.copy_(torch.tensor(self._lengths, dtype=torch.int32))
 
     def attend(self, q, iq, top_k=16, scale=None, backend="auto", return_lse=False):
-        """MSA for the last n cached tokens of every sequence: q [B, HQ, n, D], iq [B, HI, n, DI]."""
+        """MSA for the last n cached tokens of every sequence: q [B, HQ, n, D], iq [B, HI, n, DI].
+
+        Append the n tokens' k, v and ik first: the queries are taken to be the newest cached tokens,
+        and the cache cannot tell whether they are (attending before appending answers for the
+        previous positions)."""
         for b, length in enumerate(self._lengths):
             if length == 0:
                 raise ValueError(f"sequence {b} of the cache is empty: append its tokens before attending")

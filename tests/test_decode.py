@@ -78,13 +78,12 @@ def test_ragged_batch_matches_each_sequence_alone(backend, dtype):
 
 @pytest.mark.skipif(not m3.env.HAS_TRITON, reason="needs triton")
 @pytest.mark.parametrize("chunk", [4, 1024])
-def test_two_stage_top_k_matches_torch_selection(monkeypatch, chunk):
+def test_two_stage_top_k_matches_torch_selection(chunk):
     """The decode selection equals select_blocks over the sequence alone, with several top-k chunks."""
-    monkeypatch.setattr(decode_kernels, "TOPK_CHUNK", chunk)
     lengths, capacity, n, BS, top_k = [150, 97], 160, 3, 16, 5
     iq, ik = randn(2, 2, n, 16, seed=6), randn(2, 1, capacity, 16, seed=7)
     lens = torch.tensor(lengths, dtype=torch.int32, device=DEVICE)
-    sel = decode_kernels.decode_select(decode_kernels.decode_scores(iq, ik, lens, BS), top_k)
+    sel = decode_kernels.decode_select(decode_kernels.decode_scores(iq, ik, lens, BS), top_k, chunk=chunk)
     for b, length in enumerate(lengths):
         scores = m3.block_scores(iq[b:b + 1], ik[b:b + 1, :, :length], block_size=BS, backend="torch")
         ref = m3.select_blocks(scores, top_k=top_k, backend="torch")

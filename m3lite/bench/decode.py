@@ -195,15 +195,14 @@ def sweep(bandwidth, repeats):
     rows = []
     for keys, key_scale, key_bytes in ((ik, None, moved), (ik_fp8, ik_scale, case_bytes(case)["index_fp8"])):
         for bpp, warps in ((1, 4), (2, 4), (4, 4), (8, 4), (16, 4), (32, 4), (4, 8), (16, 8)):
-            us = graph_us(lambda i: dk.decode_scores(iq, keys, lens, case["BS"], key_scale, bpp, warps), 1, repeats)
+            us = graph_us(lambda i: dk.decode_scores(iq, keys, lens, case["BS"], key_scale, blocks_per_program=bpp,
+                                                     num_warps=warps), 1, repeats)
             rows.append(dict(kernel="decode_scores", keys=str(keys.dtype).split(".")[-1], blocks_per_program=bpp,
                              num_warps=warps, us=us, of_copy_bandwidth=key_bytes / us / 1e-6 / bandwidth))
     scores = dk.decode_scores(iq, ik, lens, case["BS"])
     for chunk in (256, 1024, 4096):
-        dk.TOPK_CHUNK = chunk
-        rows.append(dict(kernel="decode_select", chunk=chunk, us=graph_us(lambda i: dk.decode_select(scores, 16), 1,
-                                                                          repeats)))
-    dk.TOPK_CHUNK = 1024
+        rows.append(dict(kernel="decode_select", chunk=chunk,
+                         us=graph_us(lambda i: dk.decode_select(scores, 16, chunk=chunk), 1, repeats)))
     for r in rows:
         print("  " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()),
               flush=True)

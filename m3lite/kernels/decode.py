@@ -153,7 +153,7 @@ def _decode_combine(PART_O, PART_LSE, O, LSE, stride_ob, stride_oh, stride_ot,
              tl.where(total > 0, (m_safe + tl.log2(total_safe)) * 0.6931471805599453, float("-inf")))
 
 
-def decode_scores(iq, ik, lens, block_size, ik_scale=None, blocks_per_program=None, num_warps=4):
+def decode_scores(iq, ik, lens, block_size, ik_scale=None, *, blocks_per_program=None, num_warps=4):
     """float32 [B, HI, n, NB] block scores of the last n tokens of each sequence (+inf: own block).
     With fp8 index keys, ik_scale [B, 1, capacity] holds each key token's scale, and the kernel
     computes in fp16 (fp8 -> fp16 is one instruction), so iq must lie within fp16's range."""
@@ -184,12 +184,13 @@ def scan_blocks_per_program(NB, B, fp8):
     return blocks
 
 
-def decode_select(scores, top_k):
-    """int32 [B, HI, n, top_k] selection from decode scores: the top-k in two stages."""
+def decode_select(scores, top_k, *, chunk=TOPK_CHUNK):
+    """int32 [B, HI, n, top_k] selection from decode scores: the top-k in two stages, each program
+    of the first taking `chunk` blocks (a power of two)."""
     NB = scores.shape[-1]
     rows = scores.reshape(-1, NB)
     k_pad = max(2, next_pow2(top_k))
-    chunk = max(k_pad, min(TOPK_CHUNK, next_pow2(NB)))                 # each chunk keeps k_pad candidates
+    chunk = max(k_pad, min(chunk, next_pow2(NB)))                      # each chunk keeps k_pad candidates
     num_chunks = triton.cdiv(NB, chunk)
     candidates = torch.empty((rows.shape[0], num_chunks, k_pad), dtype=torch.int64, device=scores.device)
     _topk_chunks[(rows.shape[0], num_chunks)](rows, candidates, NB, rows.stride(0), CHUNK=chunk, K_PAD=k_pad)
