@@ -122,3 +122,41 @@ class Indexer(nn.Module):
             cos, sin = rope_angles(positions, self.rope_dim, self.rope_base)
             iq, ik = apply_rope(iq, cos, sin), apply_rope(ik, cos, sin)
         return iq, ik
+
+
+def block_attention_mass(q, k, block_size, HI, causal=True, scale=None):
+    """The main attention's mass per key block, averaged over the query heads that share each index
+    head: the indexer's distillation target, float32 [B, HI, T, NB] (rows sum to 1). No gradient."""
+    B, HQ, T, D = q.shape
+    HKV, S = k.shape[1], k.shape[2]
+    scale = D ** -0.5 if scale is None else scale
+    with torch.no_grad():
+        kk = k.float().repeat_interleave(HQ // HKV, 1)
+        s = (q.float() @ kk.transpose(-1, -2)) * scale                           # [B, HQ, T, S]
+        if causal:
+            s = s.masked_fill(torch.arange(S, device=q.device) > query_positions(T, S, q.device)[:, None],
+                              NEG_INF)
+        p = torch.softmax(s, -1)
+        NB = num_blocks(S, block_size)
+        p = nn.functional.pad(p, (0, NB * block_size - S)).view(B, HQ, T, NB, block_size).sum(-1)
+        return p.view(B, HI, HQ // HI, T, NB).mean(2)
+
+
+def indexer_distillation_loss(scores, target, sel=None):
+    """KL(target || softmax(scores)): teach the indexer where the main attention looks.
+
+    scores: [B, HI, T, NB] block scores from the indexer (with gradient; -inf = invisible);
+    target: `block_attention_mass` of the main attention. With `sel` (the selected blocks
+    [B, HI, T, K], -1 padded), both are restricted and renormalised to the selected blocks, as in
+    MSA's training after a dense warm-up over all visible blocks (sel=None). Mean over rows.
+    """
+    visible = scores > NEG_INF
+    if sel is not None:
+        chosen = torch.zeros_like(visible)
+        chosen.scatter_(-1, sel.clamp(min=0).long(), (sel >= 0))
+        visible = visible & chosen
+    target = torch.where(visible, target, 0.0)
+    target = target / target.sum(-1, keepdim=True).clamp_min(1e-12)
+    log_pred = torch.log_softmax(scores.masked_fill(~visible, NEG_INF), -1)
+    terms = torch.where(target > 0, target * (torch.log(target.clamp_min(1e-30)) - log_pred), 0.0)
+    return terms.sum(-1).mean()
