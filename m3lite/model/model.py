@@ -48,30 +48,36 @@ class Attention(nn.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k, v
 
-    def forward(self, x, attention="msa", distill=None, generator=None):
+    def forward(self, x, attention="msa", distill=None, generator=None, trace=None):
         """x [B, T, dim] -> ([B, T, dim], the indexer's distillation loss or None).
 
         attention: "msa" (the indexer picks the blocks), "dense", or "random" (own block plus
         random earlier blocks: what MSA would be without an indexer). distill: None, "warmup"
-        (KL over all visible blocks) or "selected" (KL over the selected blocks).
+        (KL over all visible blocks) or "selected" (KL over the selected blocks). trace: a list
+        that MSA layers append their q, k and selection to (for the indexer's recall).
         """
         c = self.config
         B, T, _ = x.shape
         q, k, v = self.project(x, torch.arange(T, device=x.device))
-        loss = None
-        if not self.sparse or attention == "dense":
+        if not self.sparse:
+            return self.wo(dense_attention(q, k, v).transpose(1, 2).reshape(B, T, -1)), None
+        iq, ik = self.indexer(x.detach())               # the indexer learns from its own loss only
+        scores = block_scores(iq, ik, block_size=c.block_size, backend="torch")
+        choice = scores.detach()
+        if attention == "random":                       # own block, then random visible blocks
+            choice = torch.rand(scores.shape, device=x.device, generator=generator).masked_fill(
+                choice == float("-inf"), float("-inf"))
+        sel = select_blocks(choice, top_k=c.top_k, backend="torch")
+        if attention == "dense":
             out = dense_attention(q, k, v)
         else:
-            iq, ik = self.indexer(x)
-            scores = block_scores(iq, ik, block_size=c.block_size, backend="torch")
-            if attention == "random":
-                scores = torch.rand(scores.shape, device=x.device, generator=generator).masked_fill(
-                    scores == float("-inf"), float("-inf"))
-            sel = select_blocks(scores.detach(), top_k=c.top_k, backend="torch")
             out = sparse_attention(q, k, v, sel, block_size=c.block_size, backend="torch")
-            if distill:
-                target = block_attention_mass(q.detach(), k.detach(), c.block_size, c.kv_heads)
-                loss = indexer_distillation_loss(scores, target, sel if distill == "selected" else None)
+        loss = None
+        if distill:
+            target = block_attention_mass(q.detach(), k.detach(), c.block_size, c.kv_heads)
+            loss = indexer_distillation_loss(scores, target, sel if distill == "selected" else None)
+        if trace is not None:
+            trace.append(dict(q=q.detach(), k=k.detach(), sel=sel))
         return self.wo(out.transpose(1, 2).reshape(B, T, -1)), loss
 
 
@@ -135,7 +141,7 @@ class M3Lite(nn.Module):
                 x = x.masked_scatter(slots[..., None], self.encoders[m](media[m].to(x.dtype)) + x[slots])
         return x
 
-    def forward(self, tokens, media=None, attention="msa", distill=None, generator=None):
+    def forward(self, tokens, media=None, attention="msa", distill=None, generator=None, trace=None):
         """Logits [B, L, vocab] and the mean indexer distillation loss of the MSA layers (or None)."""
         if attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
@@ -144,7 +150,7 @@ class M3Lite(nn.Module):
         x = self.embed_stream(tokens, media or {})
         losses = []
         for block in self.blocks:
-            x, loss = block(x, attention=attention, distill=distill, generator=generator)
+            x, loss = block(x, attention=attention, distill=distill, generator=generator, trace=trace)
             if loss is not None:
                 losses.append(loss)
         logits = self.head(self.norm(x))

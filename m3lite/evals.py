@@ -1,0 +1,84 @@
+"""Evaluating M3-lite: accuracy per task, the long-context haystack, and the indexer's recall.
+
+    from m3lite import evals
+    evals.accuracy(model, "caption", n=64)                       # share of exact answers
+    evals.haystack(model, context_len=1024, n_trials=32, seed=0, attention="msa")
+    evals.indexer_recall(model, examples)                        # per MSA layer
+
+An answer counts as right when greedy decoding would produce it exactly, answer and <eos>: every
+answer token is the model's argmax given the tokens before it (teacher forcing gives exactly the
+greedy result, one batched forward instead of a decode loop).
+Attention modes: "dense", "msa" (the trained indexer), "untrained" (MSA with freshly initialised
+indexers) and "random" (own block plus random visible blocks).
+"""
+import copy
+
+import torch
+
+from . import tasks
+from .attention import attention_recall
+from .model import ATTENTION_MODES
+
+MODES = ATTENTION_MODES + ("untrained",)
+
+
+@torch.no_grad()
+def correct(model, examples, attention="msa", seed=0):
+    """Bool [len(examples)]: is each example's answer the model's greedy answer?"""
+    if attention not in MODES:
+        raise ValueError(f"attention must be one of {MODES}, got {attention!r}")
+    if attention == "untrained":
+        model, attention = with_untrained_indexers(model, seed), "msa"
+    device = next(model.parameters()).device
+    tokens, media, loss_mask = tasks.collate(examples)
+    tokens, loss_mask = tokens.to(device), loss_mask.to(device)
+    media = {m: x.to(device) for m, x in media.items()}
+    generator = torch.Generator(device=device).manual_seed(seed)
+    logits, _ = model(tokens, media, attention=attention, generator=generator)
+    right = (logits[:, :-1].argmax(-1) == tokens[:, 1:]) | ~loss_mask[:, 1:]
+    return right.all(-1).cpu()
+
+
+def accuracy(model, task, n=64, seed=0, split="test", attention="msa", batch=16, **task_kwargs):
+    """Share of `n` examples of `task` (seeds seed .. seed + n - 1) answered exactly."""
+    hits = []
+    for start in range(seed, seed + n, batch):
+        examples = [tasks.sample(task, s, split, **task_kwargs) for s in range(start, min(start + batch, seed + n))]
+        hits.append(correct(model, examples, attention, seed=start))
+    return torch.cat(hits).float().mean().item()
+
+
+def haystack(model, context_len, n_trials, seed, attention="msa", key_modality="mixed", split="test", batch=4):
+    """Accuracy on `n_trials` haystacks of `context_len` tokens: does the model find the word?"""
+    return accuracy(model, "haystack", n=n_trials, seed=seed, split=split, attention=attention, batch=batch,
+                    context_len=context_len, key_modality=key_modality)
+
+
+@torch.no_grad()
+def indexer_recall(model, examples, attention="msa"):
+    """Per MSA layer, the share of the main attention's mass inside the indexer's selected blocks
+    (mean over examples, heads and positions); 1.0 = the selection misses nothing."""
+    if attention == "untrained":
+        model = with_untrained_indexers(model)
+    device = next(model.parameters()).device
+    per_layer = []
+    for example in examples:
+        trace = []
+        media = {m: x.to(device) for m, x in example.media.items()}
+        model(example.tokens[None].to(device), media, attention="msa", trace=trace)
+        per_layer.append([attention_recall(t["q"], t["k"], t["sel"], block_size=model.config.block_size).mean()
+                          for t in trace])
+    return torch.tensor(per_layer).mean(0).tolist()
+
+
+def with_untrained_indexers(model, seed=0):
+    """A copy of `model` whose indexers are freshly initialised (as before any distillation)."""
+    fresh = copy.deepcopy(model)
+    with torch.random.fork_rng():                                   # leave the caller's random state alone
+        torch.manual_seed(seed)
+        for block in fresh.blocks:
+            if block.attn.indexer is not None:
+                for module in block.attn.indexer.modules():
+                    if hasattr(module, "reset_parameters"):
+                        module.reset_parameters()
+    return fresh

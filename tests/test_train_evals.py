@@ -1,0 +1,86 @@
+"""Training (determinism, exact resume, DDP) and the evaluations, at tiny sizes on the CPU."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from m3lite import evals, tasks, train
+from m3lite.model import M3Config, M3Lite
+
+ARGS = ["--steps", "4", "--batch", "2", "--context-len", "96", "--warmup-steps", "2", "--eval-every", "100",
+        "--ckpt-every", "2", "--eval-examples", "2", "--device", "cpu"]
+
+
+def weights(path):
+    return M3Lite.from_pretrained(path).state_dict()
+
+
+def test_resumed_run_equals_straight_run(tmp_path):
+    train.main(["--out", str(tmp_path / "straight")] + ARGS)
+    train.main(["--out", str(tmp_path / "resumed"), "--stop-at", "2"] + ARGS)            # interrupted after 2
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+    train.main(["--out", str(tmp_path / "resumed"), "--resume"] + ARGS)
+    a, b = weights(tmp_path / "straight" / "model.safetensors"), weights(tmp_path / "resumed" / "model.safetensors")
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    log = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert [r["phase"] for r in log] == ["dense warm-up"] * 2 + ["msa"] * 2
+    assert "eval" in log[-1] and set(log[-1]["eval"]) >= {"caption", "video", "transcribe", "haystack"}
+
+
+def test_resume_refuses_a_different_run(tmp_path):
+    train.main(["--out", str(tmp_path)] + ARGS)
+    with pytest.raises(ValueError, match="--seed is 1 but"):
+        train.main(["--out", str(tmp_path), "--resume", "--seed", "1"] + ARGS)
+
+
+@pytest.mark.parametrize("bad", [["--steps", "0"], ["--context-len", "10"]])
+def test_bad_arguments(tmp_path, bad):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--out", str(tmp_path)] + bad)
+
+
+def test_batches_depend_on_seed_step_and_rank_only():
+    args = train.parse_args(["--out", "unused"] + ARGS)
+    a, b = train.make_batch(args, 3, 0, "cpu"), train.make_batch(args, 3, 0, "cpu")
+    assert torch.equal(a[0], b[0])
+    other_rank, other_step = train.make_batch(args, 3, 1, "cpu"), train.make_batch(args, 4, 0, "cpu")
+    for other in (other_rank, other_step):
+        assert other[0].shape != a[0].shape or not torch.equal(other[0], a[0])
+
+
+def test_evals_run_in_every_mode_and_recall_is_per_layer():
+    torch.manual_seed(0)
+    model = M3Lite(M3Config.tiny()).eval()
+    for mode in evals.MODES:
+        assert 0.0 <= evals.haystack(model, 160, n_trials=2, seed=0, attention=mode) <= 1.0
+    assert 0.0 <= evals.accuracy(model, "caption", n=4) <= 1.0
+    recall = evals.indexer_recall(model, [tasks.haystack(300, seed=s) for s in range(2)])
+    assert len(recall) == model.config.layers - model.config.dense_layers
+    assert all(0.0 < r <= 1.0 for r in recall)
+    with pytest.raises(ValueError, match="attention must be one of"):
+        evals.haystack(model, 160, n_trials=1, seed=0, attention="sparse")
+
+
+def test_untrained_copy_changes_only_the_indexers():
+    torch.manual_seed(0)
+    model = M3Lite(M3Config.tiny())
+    fresh = evals.with_untrained_indexers(model, seed=1)
+    before, after = model.state_dict(), fresh.state_dict()
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all(".indexer." in n for n in changed)
+
+
+def test_distributed_training_on_two_cpu_processes(tmp_path):
+    """torchrun with two gloo processes: it trains, and rank 0 writes the model and the log."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "m3lite.train", "--out", str(tmp_path)] + ARGS
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "model.safetensors").exists()
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 4
