@@ -71,7 +71,10 @@ class Attention(nn.Module):
         if attention == "dense":
             out = dense_attention(q, k, v)
         else:
-            out = sparse_attention(q, k, v, sel, block_size=c.block_size, backend="torch")
+            # torch's KV-outer path loops over blocks in Python: quick on a CPU, but launch-bound on
+            # a GPU, where the query-order gather (a few large ops) trains much faster
+            order = "query" if x.is_cuda else "kv"
+            out = sparse_attention(q, k, v, sel, block_size=c.block_size, order=order, backend="torch")
         loss = None
         if distill:
             target = block_attention_mass(q.detach(), k.detach(), c.block_size, c.kv_heads)
