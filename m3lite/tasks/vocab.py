@@ -37,9 +37,11 @@ class Example:
 
     tokens: int64 [L]; media: modality -> float32 [slots of that modality in the stream, feature
     dim], in stream order; loss_mask: bool [L], True at the tokens the model must predict (the
-    answer and its <eos>); answer: the answer as text.
+    answer and its <eos>); answer: the answer as text; info: what the builder chose (task, digit
+    classes, sample ids, token spans), for evaluation and pictures, never read by the model.
     """
     tokens: torch.Tensor
     media: dict = field(default_factory=dict)
     loss_mask: torch.Tensor = None
     answer: str = ""
+    info: dict = field(default_factory=dict)
