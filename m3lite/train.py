@@ -37,6 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--context-len", type=int, default=256, help="tokens of each training haystack")
+    p.add_argument("--tasks", nargs="+", default=list(tasks.TASKS), choices=list(tasks.TASKS),
+                   help="the tasks of the training mix (drawn uniformly)")
     p.add_argument("--warmup-steps", type=int, default=None, help="dense warm-up steps (default: a quarter)")
     p.add_argument("--distill-weight", type=float, default=1.0)
     p.add_argument("--eval-every", type=int, default=100)
@@ -63,7 +65,7 @@ def example_seed(seed, step, rank, i, batch):
 
 
 def make_batch(args, step, rank, device):
-    examples = [tasks.mixed(example_seed(args.seed, step, rank, i, args.batch), "train",
+    examples = [tasks.mixed(example_seed(args.seed, step, rank, i, args.batch), "train", tasks=tuple(args.tasks),
                             context_len=args.context_len) for i in range(args.batch)]
     tokens, media, loss_mask = tasks.collate(examples)
     return tokens.to(device), {m: x.to(device) for m, x in media.items()}, loss_mask.to(device)
@@ -88,8 +90,11 @@ def evaluate(model, args, step):
     """Accuracy per perception task and on test haystacks of the training length (MSA)."""
     model.eval()
     n = args.eval_examples
-    result = {task: evals.accuracy(model, task, n=n, seed=10_000) for task in PERCEPTION_TASKS}
-    result["haystack"] = evals.haystack(model, args.context_len, n_trials=n, seed=10_000)
+    result = {task: evals.accuracy(model, task, n=n, seed=10_000) for task in PERCEPTION_TASKS if task in args.tasks}
+    if "haystack" in args.tasks:
+        for mode in ("msa", "dense"):
+            result[f"haystack_{mode}"] = evals.haystack(model, args.context_len, n_trials=n, seed=10_000,
+                                                        attention=mode)
     model.train()
     return {"step": step, **result}
 
@@ -107,7 +112,7 @@ def load_checkpoint(path, model, optimizer, args):
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state["config"] != model.config.to_dict():
         raise ValueError(f"{path} was written for another model config: {state['config']}")
-    for name in ("seed", "batch", "steps", "context_len", "warmup_steps"):
+    for name in ("seed", "batch", "steps", "context_len", "warmup_steps", "tasks"):
         if state["args"][name] != getattr(args, name):
             raise ValueError(f"--{name.replace('_', '-')} is {getattr(args, name)} but {path} was trained with "
                              f"{state['args'][name]}: resuming would not continue the same run")

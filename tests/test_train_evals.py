@@ -29,7 +29,7 @@ def test_resumed_run_equals_straight_run(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     assert [r["phase"] for r in log] == ["dense warm-up"] * 2 + ["msa"] * 2
-    assert "eval" in log[-1] and set(log[-1]["eval"]) >= {"caption", "video", "transcribe", "haystack"}
+    assert "eval" in log[-1] and set(log[-1]["eval"]) >= {"caption", "video", "transcribe", "haystack_msa", "haystack_dense"}
 
 
 def test_resume_refuses_a_different_run(tmp_path):
