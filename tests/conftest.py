@@ -1,6 +1,7 @@
 """Shared helpers: an independent masked-dense oracle and random inputs."""
 import math
 
+import pytest
 import torch
 
 
@@ -48,8 +49,45 @@ def random_selection(B, HI, T, S, block_size, K, seed=0, causal=True):
     return sel
 
 
-def randn(*shape, seed=0, dtype=torch.float32):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+def randn(*shape, seed=0, dtype=torch.float32, device="cpu"):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(device=device, dtype=dtype)
+
+
+@pytest.fixture
+def poison_kernel_outputs(monkeypatch):
+    """Kernel outputs start as NaN (or the lowest int), so an element a kernel forgets to write fails."""
+    from m3lite.kernels import common
+    monkeypatch.setattr(common, "POISON", True)
+
+
+# -- notebook exercise checkers: what every checker must do
+
+def stub(*args):
+    raise NotImplementedError  # your code here
+
+
+def checker_accepts(check, solution, capsys):
+    assert check(solution) is True
+    assert capsys.readouterr().out.startswith("✓")
+
+
+def checker_rejects(check, wrong, capsys, hint=""):
+    assert check(wrong) is False
+    out = capsys.readouterr().out
+    assert out.startswith("✗") and hint in out
+
+
+def checker_reports_a_stub(check, capsys):
+    assert check(stub) is False
+    out = capsys.readouterr().out
+    assert out.startswith("…") and out.count("\n") == 1
+
+
+def checker_survives_a_raise(check, capsys):
+    def broken(*args):
+        raise IndexError("oops")
+    assert check(broken) is False
+    assert "IndexError" in capsys.readouterr().out
 
 
 def shape_name(shape):

@@ -11,12 +11,9 @@ from m3lite.course import nb05
 from m3lite.solutions import nb05 as sol05
 from m3lite.viz.decode import (decode_row, plot_attention_share, plot_cache, plot_decode_measured,
                                plot_step_bytes, step_bytes)
+from conftest import checker_accepts, checker_rejects, checker_reports_a_stub, checker_survives_a_raise, stub
 
 BENCH = Path(__file__).parents[1] / "data" / "bench" / "decode-h200.json"
-
-
-def stub(*args):
-    raise NotImplementedError  # your code here
 
 
 def capacities_just_what_is_needed(counts, block_size, capacity):
@@ -98,30 +95,22 @@ UNIQUE_CHECKS = sorted({c for c, _, _, _ in CHECKS}, key=lambda c: c.__name__)
 
 @pytest.mark.parametrize("check, solution, wrong, hint", CHECKS, ids=IDS)
 def test_checker_accepts_the_solution(check, solution, wrong, hint, capsys):
-    assert check(solution) is True
-    assert capsys.readouterr().out.startswith("✓")
+    checker_accepts(check, solution, capsys)
 
 
 @pytest.mark.parametrize("check, solution, wrong, hint", CHECKS, ids=IDS)
 def test_checker_rejects_a_typical_mistake_and_names_it(check, solution, wrong, hint, capsys):
-    assert check(wrong) is False
-    out = capsys.readouterr().out
-    assert out.startswith("✗") and hint in out
+    checker_rejects(check, wrong, capsys, hint)
 
 
 @pytest.mark.parametrize("check", UNIQUE_CHECKS, ids=lambda c: c.__name__)
 def test_checker_reports_an_unfinished_stub(check, capsys):
-    assert check(stub) is False
-    out = capsys.readouterr().out
-    assert out.startswith("…") and out.count("\n") == 1
+    checker_reports_a_stub(check, capsys)
 
 
 @pytest.mark.parametrize("check", UNIQUE_CHECKS, ids=lambda c: c.__name__)
 def test_checker_survives_an_answer_that_raises_or_returns_nonsense(check, capsys):
-    def broken(*args):
-        raise IndexError("oops")
-    assert check(broken) is False
-    assert "IndexError" in capsys.readouterr().out
+    checker_survives_a_raise(check, capsys)
     assert check(lambda *args: "nonsense") is False
     assert capsys.readouterr().out.startswith("✗")
 

@@ -3,12 +3,16 @@
 The property that matters: feeding a sequence through the cache a few tokens at a time gives the
 rows that one msa_attention call over the whole sequence gives.
 """
+from functools import partial
+
 import pytest
 import torch
 
 import m3lite as m3
 from m3lite.attention.decode import decode_attention_torch, dequantize_index_keys, quantize_index_keys
-from m3lite.kernels import common, decode as decode_kernels
+from m3lite.kernels import decode as decode_kernels
+
+import conftest
 
 DEVICE = m3.env.device()
 ON_GPU = DEVICE.type == "cuda"
@@ -16,14 +20,8 @@ BACKENDS = ["torch", "triton"] if m3.env.HAS_TRITON else ["torch"]
 FP32_TOL = 3e-3 if ON_GPU else 1e-5          # tl.dot rounds float32 inputs to TF32 on the GPU
 
 
-@pytest.fixture(autouse=True)
-def poison_outputs(monkeypatch):
-    monkeypatch.setattr(common, "POISON", True)
-
-
-def randn(*shape, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g).to(device=DEVICE, dtype=dtype)
+pytestmark = pytest.mark.usefixtures("poison_kernel_outputs")
+randn = partial(conftest.randn, device=DEVICE)
 
 
 def sequence(L, HQ=4, HKV=2, HI=1, D=32, DI=16, seed=0, dtype=torch.float32):

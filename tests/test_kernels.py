@@ -4,6 +4,7 @@ On a CPU these run through the Triton interpreter (small sizes); on a CUDA GPU t
 compiled, plus larger shapes. Outputs are poisoned with NaN so an unwritten element fails.
 """
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 
 import m3lite as m3
 from m3lite import kernels
-from m3lite.kernels import common
+import conftest
 from conftest import masked_reference, random_selection, shape_name as name, sparse_inputs, token_mask
 
 DEVICE = m3.env.device()
@@ -19,14 +20,8 @@ ON_GPU = DEVICE.type == "cuda"
 ORDERS = ["query", "kv"]
 
 
-@pytest.fixture(autouse=True)
-def poison_outputs(monkeypatch):
-    monkeypatch.setattr(common, "POISON", True)
-
-
-def randn(*shape, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g).to(device=DEVICE, dtype=dtype)
+pytestmark = pytest.mark.usefixtures("poison_kernel_outputs")
+randn = partial(conftest.randn, device=DEVICE)
 
 
 def rel_error(out, ref):

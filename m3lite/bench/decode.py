@@ -10,13 +10,13 @@ compared with the measured device-to-device copy bandwidth.
 """
 import json
 import math
-import statistics
 
 import torch
 import torch.nn.functional as F
 
 import m3lite as m3
 from m3lite.attention.decode import decode_attention_torch, quantize_index_keys
+from m3lite.bench.timing import median_event_ms
 
 M3 = dict(HQ=64, HKV=4, D=128, BS=128, K=16)
 CASES = [dict(M3, S=32768, B=1), dict(M3, S=131072, B=1), dict(M3, S=1048576, B=1), dict(M3, S=131072, B=16)]
@@ -39,33 +39,20 @@ def graph_us(fn, copies, repeats=15):
     with torch.cuda.graph(graph):
         for i in range(copies):
             fn(i)
-    return _median_us(graph.replay, repeats) / copies
+    return median_event_ms(graph.replay, repeats) * 1000 / copies
 
 
 def eager_us(fn, repeats=15):
     """Median microseconds of one uncaptured call (includes the CPU's launch overhead)."""
     fn(0)
-    return _median_us(lambda: fn(0), repeats)
-
-
-def _median_us(fn, repeats):
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1000)
-    return statistics.median(times)
+    return median_event_ms(lambda: fn(0), repeats) * 1000
 
 
 def copy_bandwidth(nbytes=2 << 30):
     """Device-to-device copy bandwidth in bytes/s (read + write counted)."""
     src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda")
     dst = torch.empty_like(src)
-    us = _median_us(lambda: dst.copy_(src), 10)
+    us = median_event_ms(lambda: dst.copy_(src), 10) * 1000
     return 2 * nbytes / (us * 1e-6)
 
 

@@ -5,13 +5,13 @@ Useful FLOP/s counts only the tokens each method has to attend: 4 * D * sum over
 and queries of the visible tokens of the selected blocks (for SDPA: the causal triangle).
 """
 import json
-import statistics
 
 import torch
 import torch.nn.functional as F
 
 import m3lite as m3
 from m3lite.attention import attention_flops, causal_attended_tokens
+from m3lite.bench.timing import median_event_ms
 
 M3 = dict(B=1, HQ=64, HKV=4, D=128, BS=128, K=16)
 CASES = [dict(M3, T=16384), dict(M3, T=65536), dict(M3, T=131072),
@@ -52,16 +52,7 @@ def attended_tokens(sel, T, S, BS):
 def time_ms(fn, repeats):
     """Median milliseconds of fn() over `repeats` runs, by CUDA events, after one warm-up."""
     fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return median_event_ms(fn, repeats)
 
 
 def flex_method(sel, B, HQ, HI, T, NB, BS):
