@@ -59,7 +59,7 @@ class Attention(nn.Module):
         c = self.config
         B, T, _ = x.shape
         q, k, v = self.project(x, torch.arange(T, device=x.device))
-        if not self.sparse:
+        if not self.sparse or (attention == "dense" and not distill and trace is None):   # no indexer needed
             return self.wo(dense_attention(q, k, v).transpose(1, 2).reshape(B, T, -1)), None
         iq, ik = self.indexer(x.detach())               # the indexer learns from its own loss only
         scores = block_scores(iq, ik, block_size=c.block_size, backend="torch")
