@@ -145,3 +145,12 @@ def test_distillation_teaches_the_indexer_where_attention_looks():
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 5
     assert recall() > before + 0.01
+
+
+def test_distillation_over_selected_blocks_ignores_padding():
+    """-1 padding in a selection must not hide block 0 from the KL (a row with fewer blocks than top_k)."""
+    from m3lite.attention import indexer_distillation_loss
+    scores, target = torch.tensor([[[[0.3, -1.0]]]]), torch.tensor([[[[0.2, 0.8]]]])
+    full = indexer_distillation_loss(scores, target, torch.tensor([[[[1, 0]]]]))
+    padded = indexer_distillation_loss(scores, target, torch.tensor([[[[1, 0, -1, -1]]]]))
+    assert full > 0.5 and torch.equal(full, padded)

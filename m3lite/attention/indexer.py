@@ -151,10 +151,11 @@ def indexer_distillation_loss(scores, target, sel=None):
     MSA's training after a dense warm-up over all visible blocks (sel=None). Mean over rows.
     """
     visible = scores > NEG_INF
-    if sel is not None:
-        chosen = torch.zeros_like(visible)
-        chosen.scatter_(-1, sel.clamp(min=0).long(), (sel >= 0))
-        visible = visible & chosen
+    if sel is not None:                                             # -1 padding goes to a spare column
+        NB = scores.shape[-1]
+        chosen = torch.zeros(*sel.shape[:-1], NB + 1, dtype=torch.bool, device=sel.device)
+        chosen.scatter_(-1, torch.where(sel < 0, NB, sel).long(), True)
+        visible = visible & chosen[..., :NB]
     target = torch.where(visible, target, 0.0)
     target = target / target.sum(-1, keepdim=True).clamp_min(1e-12)
     log_pred = torch.log_softmax(scores.masked_fill(~visible, NEG_INF), -1)

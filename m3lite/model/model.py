@@ -135,7 +135,8 @@ class M3Lite(nn.Module):
         self.head = nn.Linear(c.dim, c.vocab_size, bias=False)
 
     def embed_stream(self, tokens, media):
-        """Token embeddings [B, L, dim], with each media slot's embedding from its modality's encoder."""
+        """Token embeddings [B, L, dim]; at each media slot, its modality encoder's output is added to
+        the slot token's own embedding."""
         check_stream(tokens, media, self.config)
         x = self.embed(tokens)
         for m in MODALITIES:
