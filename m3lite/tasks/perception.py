@@ -1,7 +1,7 @@
 """Three short tasks, one per modality: name the digit of an image, a video, a sound.
 
     caption:     <bos><image_start><image>x4<image_end>caption:      -> "seven<eos>"      (19-21 tokens)
-    video:       <bos><video_start><video>x20<video_end>video:       -> "three left<eos>" (36-40 tokens)
+    video:       <bos><video_start><video>x20<video_end>video:       -> "three left<eos>" (36-41 tokens)
     transcribe:  <bos><audio_start><audio>x12<audio_end>transcribe:  -> "four<eos>"       (30-32 tokens)
 """
 from .media import (DIGIT_WORDS, DIRECTIONS, audio_features, digit_image, dtmf_clip, image_features,

@@ -58,10 +58,10 @@ def show_image(example, dpi=90):
     features = example.media["image"]
     fig = Figure(figsize=(6.4, 2.0), dpi=dpi, layout="constrained")
     axes = fig.subplots(1, 1 + features.shape[0])
-    axes[0].imshow(image_from_features(features), cmap="gray_r", vmin=0, vmax=1)
+    axes[0].imshow(image_from_features(features).numpy(), cmap="gray_r", vmin=0, vmax=1)
     axes[0].set_title(f"answer: {example.answer}", fontsize=9)
     for slot, (ax, row) in enumerate(zip(axes[1:], features)):
-        ax.imshow(row[:IMAGE_PATCH ** 2].reshape(IMAGE_PATCH, IMAGE_PATCH), cmap="gray_r", vmin=0, vmax=1)
+        ax.imshow(row[:IMAGE_PATCH ** 2].reshape(IMAGE_PATCH, IMAGE_PATCH).numpy(), cmap="gray_r", vmin=0, vmax=1)
         ax.set_title(f"slot {slot}, patch {int(row[IMAGE_PATCH ** 2:].argmax())}", fontsize=8)
     for ax in axes:
         ax.set_xticks([])
@@ -75,7 +75,7 @@ def show_video(example, dpi=90):
     fig = Figure(figsize=(1.4 * VIDEO_FRAMES, 1.8), dpi=dpi, layout="constrained")
     axes = fig.subplots(1, VIDEO_FRAMES)
     for f, ax in enumerate(axes):
-        ax.imshow(frames[f], cmap="gray_r", vmin=0, vmax=1)
+        ax.imshow(frames[f].numpy(), cmap="gray_r", vmin=0, vmax=1)
         ax.axhline(CANVAS / 2 - 0.5, color=PALETTE[0], lw=0.8)
         ax.axvline(CANVAS / 2 - 0.5, color=PALETTE[0], lw=0.8)
         ax.set_title(f"frame {f}", fontsize=8)
@@ -92,7 +92,7 @@ def show_audio(example, dpi=90):
     step = float(freqs[1] - freqs[0])
     fig = Figure(figsize=(4.2, 2.8), dpi=dpi, layout="constrained")
     ax = fig.subplots()
-    image = ax.imshow(spectrum.T, origin="lower", aspect="auto", cmap="magma", vmin=0, vmax=1,
+    image = ax.imshow(spectrum.T.numpy(), origin="lower", aspect="auto", cmap="magma", vmin=0, vmax=1,
                       extent=(-0.5, spectrum.shape[0] - 0.5, float(freqs[0]) - step / 2, float(freqs[-1]) + step / 2))
     if "digit" in example.info:
         for freq in dtmf_frequencies(example.info["digit"]):
@@ -116,7 +116,7 @@ def show_haystack(example, row=128, dpi=90):
     grid[:len(kinds)] = kinds
     fig = Figure(figsize=(7.0, 0.9 + 0.12 * rows), dpi=dpi, layout="constrained")
     ax = fig.subplots()
-    ax.imshow(grid.reshape(rows, row), cmap=ListedColormap(KIND_COLORS), vmin=-0.5, vmax=len(KIND_NAMES) - 0.5,
+    ax.imshow(grid.reshape(rows, row).numpy(), cmap=ListedColormap(KIND_COLORS), vmin=-0.5, vmax=len(KIND_NAMES) - 0.5,
               interpolation="nearest", aspect="auto")
     info = example.info
     if "pair_spans" in info:
