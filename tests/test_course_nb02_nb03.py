@@ -10,7 +10,7 @@ from m3lite.solutions import nb02 as sol02
 from m3lite.solutions import nb03 as sol03
 from m3lite.viz.gather import plot_load_counts, plot_selection_csr
 from m3lite.viz.indexer import block_mass, plot_block_selection, plot_curves
-from conftest import checker_accepts, checker_rejects, checker_reports_a_stub, checker_survives_a_raise, stub
+from conftest import checker_accepts, checker_rejects, checker_reports_a_stub, checker_survives_a_raise
 
 NEG_INF = float("-inf")
 

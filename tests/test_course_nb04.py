@@ -14,7 +14,7 @@ from m3lite.kernels.sparse_kv import plan
 from m3lite.solutions import nb04 as sol04
 from m3lite.viz.kernels import (case_rows, kv_program_loads, plot_measured, plot_program_loads, plot_roofline,
                                 query_program_loads, roof)
-from conftest import checker_accepts, checker_rejects, checker_reports_a_stub, checker_survives_a_raise, stub
+from conftest import checker_accepts, checker_rejects, checker_reports_a_stub, checker_survives_a_raise
 
 BENCH = Path(__file__).parents[1] / "data" / "bench" / "prefill-h200.json"
 

@@ -11,7 +11,7 @@ from m3lite.course import nb05
 from m3lite.solutions import nb05 as sol05
 from m3lite.viz.decode import (decode_row, plot_attention_share, plot_cache, plot_decode_measured,
                                plot_step_bytes, step_bytes)
-from conftest import checker_accepts, checker_rejects, checker_reports_a_stub, checker_survives_a_raise, stub
+from conftest import checker_accepts, checker_rejects, checker_reports_a_stub, checker_survives_a_raise
 
 BENCH = Path(__file__).parents[1] / "data" / "bench" / "decode-h200.json"
 

@@ -13,7 +13,7 @@ from m3lite.tasks import EOS, FEATURE_DIMS, SLOT, SLOTS, START
 from m3lite.viz.model import (PARTS, answer_text, parameter_counts, parameter_part, plot_logit_change,
                               plot_parameter_counts, plot_training, read_log, readable, show_answers,
                               show_slot_features)
-from conftest import checker_accepts, checker_rejects, checker_reports_a_stub, checker_survives_a_raise, stub
+from conftest import checker_accepts, checker_rejects, checker_reports_a_stub, checker_survives_a_raise
 
 
 def tokens_slots_only(modality):

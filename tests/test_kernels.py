@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import m3lite as m3
 from m3lite import kernels
 import conftest
-from conftest import masked_reference, random_selection, shape_name as name, sparse_inputs, token_mask
+from conftest import masked_reference, shape_name as name, sparse_inputs, token_mask
 
 DEVICE = m3.env.device()
 ON_GPU = DEVICE.type == "cuda"

@@ -45,10 +45,8 @@ class M3Config:
             raise ValueError(f"M3Config.heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
         if not 0 <= self.dense_layers <= self.layers:
             raise ValueError(f"M3Config.dense_layers must lie in [0, layers={self.layers}], got {self.dense_layers}")
-        for name in ("rope_dim",):
-            value = getattr(self, name)
-            if value % 2 or not 0 <= value <= self.head_dim:
-                raise ValueError(f"M3Config.{name} must be even and in [0, head_dim={self.head_dim}], got {value}")
+        if self.rope_dim % 2 or not 0 <= self.rope_dim <= self.head_dim:
+            raise ValueError(f"M3Config.rope_dim must be even and in [0, head_dim={self.head_dim}], got {self.rope_dim}")
         if set(self.feature_dims) != set(FEATURE_DIMS):
             raise ValueError(f"M3Config.feature_dims must give a dim for each of {sorted(FEATURE_DIMS)}, "
                              f"got {sorted(self.feature_dims)}")
