@@ -39,6 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--context-len", type=int, default=256, help="tokens of each training haystack")
     p.add_argument("--tasks", nargs="+", default=list(tasks.TASKS), choices=list(tasks.TASKS),
                    help="the tasks of the training mix (drawn uniformly)")
+    p.add_argument("--curriculum-steps", type=int, default=0,
+                   help="haystacks start with one pair; the most pairs grows to 10 over this many steps (0: off)")
     p.add_argument("--warmup-steps", type=int, default=None, help="dense warm-up steps (default: a quarter)")
     p.add_argument("--distill-weight", type=float, default=1.0)
     p.add_argument("--eval-every", type=int, default=100)
@@ -52,6 +54,8 @@ def parse_args(argv=None):
     for name in ("steps", "batch", "context_len", "eval_every", "ckpt_every"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.curriculum_steps < 0:
+        p.error(f"--curriculum-steps must be 0 or more, got {args.curriculum_steps}")
     if args.context_len < tasks.min_context_len(2, "audio"):
         p.error(f"--context-len must be at least {tasks.min_context_len(2, 'audio')} (a haystack of two pairs)")
     if args.warmup_steps is None:
@@ -64,9 +68,17 @@ def example_seed(seed, step, rank, i, batch):
     return ((seed * 1_000_003 + step) * 4096 + rank) * batch + i
 
 
+def max_pairs(args, step):
+    """The curriculum: haystacks hold at most 1 pair at step 0, growing to all 10 at --curriculum-steps."""
+    if step >= args.curriculum_steps:
+        return None
+    return 1 + tasks.MAX_PAIRS * step // args.curriculum_steps
+
+
 def make_batch(args, step, rank, device):
     examples = [tasks.mixed(example_seed(args.seed, step, rank, i, args.batch), "train", tasks=tuple(args.tasks),
-                            context_len=args.context_len) for i in range(args.batch)]
+                            context_len=args.context_len, max_pairs=max_pairs(args, step))
+                for i in range(args.batch)]
     tokens, media, loss_mask = tasks.collate(examples)
     return tokens.to(device), {m: x.to(device) for m, x in media.items()}, loss_mask.to(device)
 
@@ -112,7 +124,7 @@ def load_checkpoint(path, model, optimizer, args):
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state["config"] != model.config.to_dict():
         raise ValueError(f"{path} was written for another model config: {state['config']}")
-    for name in ("seed", "batch", "steps", "context_len", "warmup_steps", "tasks"):
+    for name in ("seed", "batch", "steps", "context_len", "warmup_steps", "curriculum_steps", "tasks"):
         if state["args"][name] != getattr(args, name):
             raise ValueError(f"--{name.replace('_', '-')} is {getattr(args, name)} but {path} was trained with "
                              f"{state['args'][name]}: resuming would not continue the same run")

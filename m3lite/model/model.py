@@ -17,6 +17,7 @@ from ..attention import (Indexer, block_attention_mass, block_scores, dense_atte
                          msa_attention, select_blocks, sparse_attention)
 from ..attention.rope import apply_rope, rope_angles
 from ..cache import MSACache
+from ..tasks.media import SLOTS
 from ..tasks.vocab import EOS, MODALITIES, SLOT
 from .config import M3Config
 
@@ -101,6 +102,27 @@ class Attention(nn.Module):
         return self.wo(out.transpose(1, 2).reshape(1, x.shape[1], -1))
 
 
+class MediaEncoder(nn.Module):
+    """One modality's slot features [items * slots, features] -> [items * slots, dim].
+
+    Each slot's vector mixes its own patch or frame with a summary of its whole item (all the
+    item's slots at once), so every slot token already carries what the item shows, such as the
+    digit's class, before any attention layer runs.
+    """
+
+    def __init__(self, feature_dim, slots, dim):
+        super().__init__()
+        self.slots = slots
+        self.local = nn.Linear(feature_dim, dim)
+        self.summary = nn.Linear(slots * feature_dim, dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, features):
+        items = features.view(-1, self.slots, features.shape[-1])
+        hidden = F.gelu(self.local(items) + self.summary(items.flatten(1))[:, None])
+        return self.out(hidden).flatten(0, 1)
+
+
 class Block(nn.Module):
     def __init__(self, config, sparse):
         super().__init__()
@@ -128,8 +150,7 @@ class M3Lite(nn.Module):
         super().__init__()
         self.config = c = config or M3Config()
         self.embed = nn.Embedding(c.vocab_size, c.dim)
-        self.encoders = nn.ModuleDict({m: nn.Sequential(nn.Linear(c.feature_dims[m], c.dim), nn.GELU(),
-                                                        nn.Linear(c.dim, c.dim)) for m in MODALITIES})
+        self.encoders = nn.ModuleDict({m: MediaEncoder(c.feature_dims[m], SLOTS[m], c.dim) for m in MODALITIES})
         self.blocks = nn.ModuleList([Block(c, sparse=i >= c.dense_layers) for i in range(c.layers)])
         self.norm = nn.RMSNorm(c.dim)
         self.head = nn.Linear(c.dim, c.vocab_size, bias=False)
@@ -241,6 +262,8 @@ def check_stream(tokens, media, config):
         rows = 0 if m not in media else media[m].shape[0]
         if slots != rows:
             raise ValueError(f"the tokens hold {slots} {m} slots but media[{m!r}] has {rows} feature rows")
+        if slots % SLOTS[m]:
+            raise ValueError(f"the tokens hold {slots} {m} slots, not whole items of {SLOTS[m]} slots each")
         if rows and media[m].shape[-1] != config.feature_dims[m]:
             raise ValueError(f"media[{m!r}] features must have dim {config.feature_dims[m]}, "
                              f"got {media[m].shape[-1]}")

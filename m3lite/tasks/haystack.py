@@ -68,12 +68,14 @@ def gap_lengths(rng, total, n_gaps):
     return [b - a for a, b in zip(edges, edges[1:])]
 
 
-def check_haystack_args(context_len, key_modality, n_pairs):
+def check_haystack_args(context_len, key_modality, n_pairs, max_pairs=None):
     """Raise a ValueError naming the bad argument; return the number of pairs that fit (<= 10)."""
     if key_modality not in KEY_MODALITIES:
         raise ValueError(f"key_modality must be one of {KEY_MODALITIES}, got {key_modality!r}")
     if n_pairs is not None and (not isinstance(n_pairs, int) or not 1 <= n_pairs <= MAX_PAIRS):
         raise ValueError(f"n_pairs must be an int in 1..{MAX_PAIRS} or None, got {n_pairs!r}")
+    if max_pairs is not None and (not isinstance(max_pairs, int) or not 1 <= max_pairs <= MAX_PAIRS):
+        raise ValueError(f"max_pairs must be an int in 1..{MAX_PAIRS} or None, got {max_pairs!r}")
     if not isinstance(context_len, int):
         raise ValueError(f"context_len must be an int, got {context_len!r}")
     fewest = n_pairs or 2
@@ -83,7 +85,7 @@ def check_haystack_args(context_len, key_modality, n_pairs):
     return max(n for n in range(1, MAX_PAIRS + 1) if min_context_len(n, key_modality) <= context_len)
 
 
-def haystack(context_len, seed, split="train", key_modality="image", n_pairs=None):
+def haystack(context_len, seed, split="train", key_modality="image", n_pairs=None, max_pairs=None):
     """A haystack of exactly `context_len` tokens (answer and <eos> included).
 
     Args:
@@ -91,13 +93,16 @@ def haystack(context_len, seed, split="train", key_modality="image", n_pairs=Non
         seed: non-negative int; split: 'train' or 'test' (which digit images are drawn).
         key_modality: 'image', 'audio' or 'mixed' (each key's modality drawn at random).
         n_pairs: pairs in the context, 1..10; None draws it in 2..(as many as fit, at most 10).
+        max_pairs: with n_pairs None, draw at most this many pairs (1 gives one pair): a
+            training curriculum starts with few pairs.
     Returns:
         an Example; `info` holds the pairs' classes, words, modalities, sample ids and token spans,
         `query_pair` (which pair is asked for) and the query's class, sample id and span.
     """
-    fits = check_haystack_args(context_len, key_modality, n_pairs)
+    fits = check_haystack_args(context_len, key_modality, n_pairs, max_pairs)
     rng = make_rng(seed, split, HAYSTACK_SALT)
-    n_pairs = n_pairs or int(rng.integers(2, fits + 1))
+    most = min(fits, max_pairs or MAX_PAIRS)
+    n_pairs = n_pairs or int(rng.integers(min(2, most), most + 1))
     classes = rng.permutation(10)[:n_pairs].tolist()
     words = [WORDS[i] for i in rng.permutation(len(WORDS))[:n_pairs]]
     modalities = [key_modality if key_modality != "mixed" else ("image", "audio")[rng.integers(2)]

@@ -13,17 +13,17 @@ PALETTE = ("#3b75af", "#ef8636", "#519e3e", "#c53a32", "#8d69b8", "#84584e", "#d
            "#17becf", "#7f7f7f")
 
 
-def plot_load_counts(counts, log=False, dpi=90):
+def plot_load_counts(counts, log=False, dpi=90, ax=None):
     """Grouped bar chart of how often each KV block is loaded.
 
     Args:
         counts: dict name -> int [NB] load counts (e.g. from `block_load_counts`).
-        log: use a logarithmic y axis.
+        log: use a logarithmic y axis; ax: draw into this Axes instead of a new figure.
     Returns:
         a matplotlib Figure.
     """
-    fig = Figure(figsize=(6.4, 2.8), dpi=dpi, layout="constrained")
-    ax = fig.subplots()
+    if ax is None:
+        ax = Figure(figsize=(6.4, 2.8), dpi=dpi, layout="constrained").subplots()
     width = 0.8 / len(counts)
     for i, (name, c) in enumerate(counts.items()):
         c = np.asarray(c.cpu() if hasattr(c, "cpu") else c)
@@ -38,7 +38,7 @@ def plot_load_counts(counts, log=False, dpi=90):
     ax.tick_params(labelsize=8)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
-    return fig
+    return ax.figure
 
 
 def plot_selection_csr(sel, num_blocks, dpi=90):
