@@ -48,10 +48,11 @@ def accuracy(model, task, n=64, seed=0, split="test", attention="msa", batch=16,
     return torch.cat(hits).float().mean().item()
 
 
-def haystack(model, context_len, n_trials, seed, attention="msa", key_modality="mixed", split="test", batch=4):
+def haystack(model, context_len, n_trials, seed, attention="msa", key_modality="mixed", split="test", batch=4,
+             max_pairs=None):
     """Accuracy on `n_trials` haystacks of `context_len` tokens: does the model find the word?"""
     return accuracy(model, "haystack", n=n_trials, seed=seed, split=split, attention=attention, batch=batch,
-                    context_len=context_len, key_modality=key_modality)
+                    context_len=context_len, key_modality=key_modality, max_pairs=max_pairs)
 
 
 @torch.no_grad()

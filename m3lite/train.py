@@ -37,6 +37,10 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--context-len", type=int, default=256, help="tokens of each training haystack")
+    p.add_argument("--key-modality", default="mixed", choices=tasks.KEY_MODALITIES, help="the haystacks' keys")
+    p.add_argument("--max-pairs", type=int, default=None, help="at most this many pairs per haystack (default: all that fit)")
+    p.add_argument("--model", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="change M3Config fields of the chosen --config, e.g. --model layers=6 rope_base=100")
     p.add_argument("--tasks", nargs="+", default=list(tasks.TASKS), choices=list(tasks.TASKS),
                    help="the tasks of the training mix (drawn uniformly)")
     p.add_argument("--curriculum-steps", type=int, default=0,
@@ -54,6 +58,12 @@ def parse_args(argv=None):
     for name in ("steps", "batch", "context_len", "eval_every", "ckpt_every"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.max_pairs is not None and not 1 <= args.max_pairs <= tasks.MAX_PAIRS:
+        p.error(f"--max-pairs must lie in 1..{tasks.MAX_PAIRS}, got {args.max_pairs}")
+    try:
+        model_config(args)
+    except (TypeError, ValueError) as error:
+        p.error(f"--model: {error}")
     if args.curriculum_steps < 0:
         p.error(f"--curriculum-steps must be 0 or more, got {args.curriculum_steps}")
     if args.context_len < tasks.min_context_len(2, "audio"):
@@ -63,21 +73,38 @@ def parse_args(argv=None):
     return args
 
 
+def model_config(args):
+    """The M3Config of --config with the --model FIELD=VALUE changes (values parsed as JSON numbers)."""
+    config = (M3Config.tiny() if args.config == "tiny" else M3Config()).to_dict()
+    for change in args.model:
+        field, _, value = change.partition("=")
+        if field not in config or field == "feature_dims" or not value:
+            raise ValueError(f"expected FIELD=VALUE with a size field of M3Config, got {change!r}")
+        try:
+            config[field] = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"{change!r}: the value must be a number") from None
+    return M3Config.from_dict(config)
+
+
 def example_seed(seed, step, rank, i, batch):
     """The seed of example i of process `rank` at `step`: a function of these alone (exact resume)."""
     return ((seed * 1_000_003 + step) * 4096 + rank) * batch + i
 
 
 def max_pairs(args, step):
-    """The curriculum: haystacks hold at most 1 pair at step 0, growing to all 10 at --curriculum-steps."""
+    """The curriculum: haystacks hold at most 1 pair at step 0, growing to --max-pairs (or all 10) at
+    --curriculum-steps."""
+    most = args.max_pairs or tasks.MAX_PAIRS
     if step >= args.curriculum_steps:
-        return None
-    return 1 + tasks.MAX_PAIRS * step // args.curriculum_steps
+        return args.max_pairs
+    return 1 + most * step // args.curriculum_steps
 
 
 def make_batch(args, step, rank, device):
     examples = [tasks.mixed(example_seed(args.seed, step, rank, i, args.batch), "train", tasks=tuple(args.tasks),
-                            context_len=args.context_len, max_pairs=max_pairs(args, step))
+                            context_len=args.context_len, key_modality=args.key_modality,
+                            max_pairs=max_pairs(args, step))
                 for i in range(args.batch)]
     tokens, media, loss_mask = tasks.collate(examples)
     return tokens.to(device), {m: x.to(device) for m, x in media.items()}, loss_mask.to(device)
@@ -106,7 +133,8 @@ def evaluate(model, args, step):
     if "haystack" in args.tasks:
         for mode in ("msa", "dense"):
             result[f"haystack_{mode}"] = evals.haystack(model, args.context_len, n_trials=n, seed=10_000,
-                                                        attention=mode)
+                                                        attention=mode, key_modality=args.key_modality,
+                                                        max_pairs=args.max_pairs)
     model.train()
     return {"step": step, **result}
 
@@ -124,7 +152,8 @@ def load_checkpoint(path, model, optimizer, args):
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state["config"] != model.config.to_dict():
         raise ValueError(f"{path} was written for another model config: {state['config']}")
-    for name in ("seed", "batch", "steps", "context_len", "warmup_steps", "curriculum_steps", "tasks"):
+    for name in ("seed", "batch", "steps", "context_len", "warmup_steps", "curriculum_steps", "tasks", "key_modality",
+                 "max_pairs"):
         if state["args"][name] != getattr(args, name):
             raise ValueError(f"--{name.replace('_', '-')} is {getattr(args, name)} but {path} was trained with "
                              f"{state['args'][name]}: resuming would not continue the same run")
@@ -153,8 +182,7 @@ def train(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    config = M3Config.tiny() if args.config == "tiny" else M3Config()
-    model = M3Lite(config).to(device)
+    model = M3Lite(model_config(args)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     start = load_checkpoint(out / "checkpoint.pt", model, optimizer, args) if args.resume else 0
     net = model

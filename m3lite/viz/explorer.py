@@ -27,7 +27,7 @@ from .gather import PALETTE, plot_load_counts
 from .indexer import block_mass
 
 ROLES = ("local", "sink", "retrieval")
-BLOCK_SIZES = (4, 8, 16, 32, 64, 128)
+BLOCK_SIZES = (8, 16, 32, 64, 128)
 ORDERS = {"query-major": "query", "KV-outer": "kv"}
 SPAN_COLORS = (PALETTE[2], PALETTE[4], PALETTE[7], PALETTE[3])
 OUTLINE = "#ff3b3b"
@@ -51,7 +51,7 @@ class Layer:
 class Source:
     """What the explorer can show: named layers of one sequence, and where to start.
 
-    layers: layer index -> Layer; block_size, top_k, query: the first view; spans: label ->
+    layers: layer index -> Layer; block_size, top_k, query, head: the first view; spans: label ->
     [(start, end)] token spans worth marking (a sink, needles, the haystack's pairs and query);
     head_roles: optional name of each query head.
     """
@@ -62,6 +62,7 @@ class Source:
     query: int
     spans: dict = field(default_factory=dict)
     head_roles: tuple = ()
+    head: int = 0
 
     @property
     def heads(self):
@@ -167,7 +168,8 @@ def synthetic_source(S=512, roles=("local", "sink", "retrieval", "local"), HKV=2
                      block_size=32, top_k=4, seed=0):
     """A one-layer Source from `synthetic_qk`, with a stand-in indexer (as in notebook 02): per KV group
     the mean of its query heads, and for the shared key the mean of the KV heads, both through one
-    random projection to DI dimensions. The first query shown is the last one that seeks a needle."""
+    random projection to DI dimensions. The first view shows the first retrieval head (if any) at the
+    last query that seeks a needle."""
     checks.positive_int(DI, "DI")
     q, k, seekers = synthetic_qk(S, roles, HKV, D, needles, seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
@@ -177,7 +179,8 @@ def synthetic_source(S=512, roles=("local", "sink", "retrieval", "local"), HKV=2
     seeking = torch.cat(list(seekers.values()))
     query = int(seeking.max()) if len(seeking) else S - 1
     return Source("synthetic", {0: make_layer(q, k, iq, ik)}, block_size, top_k, query,
-                  spans={"sink": [(0, 1)], "needles": [(n, n + 1) for n in seekers]}, head_roles=tuple(roles))
+                  spans={"sink": [(0, 1)], "needles": [(n, n + 1) for n in seekers]}, head_roles=tuple(roles),
+                  head=list(roles).index("retrieval") if "retrieval" in roles else 0)
 
 
 def _load_model(model):
@@ -314,7 +317,7 @@ def _axes(ax, figsize, dpi):
 def plot_attention(view, rows=48, ax=None, dpi=80):
     """The head's dense attention (log colour) for the `rows` queries up to the marked one, with the
     blocks each of them selected outlined. Returns the Figure."""
-    ax = _axes(ax, (4.4, 3.0), dpi)
+    ax = _axes(ax, (6.4, 3.0), dpi)
     T = view.probs.shape[0]
     hi = view.query + 1
     lo = max(0, hi - rows)
@@ -323,10 +326,14 @@ def plot_attention(view, rows=48, ax=None, dpi=80):
     probs = np.ma.masked_less_equal(view.probs[lo:hi, :right].numpy(), 0)
     image = ax.imshow(probs, norm=LogNorm(1e-4, 1), cmap="viridis", interpolation="nearest", aspect="auto",
                       extent=(-0.5, right - 0.5, hi - 0.5, lo - 0.5))
-    if hi - lo > 1:
-        ax.contour(np.arange(right), np.arange(lo, hi), picked[lo:hi, :right].float().numpy(), levels=[0.5],
-                   colors=OUTLINE, linewidths=0.9)
-    ax.figure.colorbar(image, ax=ax, pad=0.02).ax.tick_params(labelsize=7)
+    framed = torch.nn.functional.pad(picked[lo:hi, :right].float(), (1, 1, 1, 1))   # so outlines close at the edges
+    ax.contour(np.arange(-1, right + 1), np.arange(lo - 1, hi + 1), framed.numpy(), levels=[0.5], colors=OUTLINE,
+               linewidths=0.9)
+    ax.set_xlim(-0.5, right - 0.5)
+    ax.set_ylim(hi - 0.5, lo - 0.5)
+    colorbar = ax.figure.colorbar(image, ax=ax, pad=0.02)
+    colorbar.ax.tick_params(labelsize=7)
+    colorbar.ax.minorticks_off()                        # minor ticks of log axes cost a widget update time
     ax.set_title(f"dense attention of queries {lo}-{view.query}; their {view.top_k} blocks outlined", fontsize=9)
     _tokens_axes(ax, "key position", "query position")
     return ax.figure
@@ -335,7 +342,7 @@ def plot_attention(view, rows=48, ax=None, dpi=80):
 def plot_query(view, spans=None, ax=None, dpi=80):
     """The marked query's attention mass per KV block, each bar coloured as `selection_categories`
     says (picked, own, visible but not picked); `spans` (label -> [(start, end)]) shaded."""
-    ax = _axes(ax, (4.4, 3.0), dpi)
+    ax = _axes(ax, (6.4, 3.0), dpi)
     mass = view.mass[view.query].numpy()
     kind = view.categories[view.query].numpy()
     starts = np.arange(len(mass)) * view.block_size
@@ -358,7 +365,7 @@ def plot_query(view, spans=None, ax=None, dpi=80):
 
 def plot_recall(view, ax=None, dpi=80):
     """Attention mass kept at every query position: the indexer's selection against the best possible."""
-    ax = _axes(ax, (4.4, 3.0), dpi)
+    ax = _axes(ax, (6.4, 3.0), dpi)
     x = np.arange(len(view.recall))
     ax.plot(x, view.oracle.numpy(), color=PALETTE[1], lw=0.9, label=f"best possible (mean {view.oracle.mean():.0%})")
     ax.plot(x, view.recall.numpy(), color=PALETTE[0], lw=0.9, label=f"indexer (mean {view.recall.mean():.0%})")
@@ -373,8 +380,9 @@ def plot_recall(view, ax=None, dpi=80):
 
 def plot_loads(view, ax=None, dpi=80):
     """Loads of each KV block by the head's KV group in both gather orders (log scale)."""
-    ax = _axes(ax, (4.4, 3.0), dpi)
+    ax = _axes(ax, (6.4, 3.0), dpi)
     plot_load_counts(view.loads, log=True, ax=ax)
+    ax.minorticks_off()
     ax.set_title(f"KV-block loads of KV group {view.group}, all its queries", fontsize=9)
     return ax.figure
 
@@ -444,7 +452,9 @@ class SparsityExplorer:
         c = self.controls
         self.widget = widgets.VBox([widgets.HBox([c["source"], c["layer"], c["block_size"]]),
                                     widgets.HBox([c["head"], c["query"], c["top_k"]]), self.image, self.status])
-        self._show_source(names[0])
+        with self._holding():
+            self._reset()
+        self.update()
         for control in self.controls.values():
             control.observe(self._changed, names="value")
 
@@ -488,18 +498,12 @@ class SparsityExplorer:
             self._fit_top_k()
         self.update()
 
-    def _show_source(self, name):
-        with self._holding():
-            self.controls["source"].value = name
-            self._reset()
-        self.update()
-
     def _reset(self):
         """Point every control at the current source's ranges and first view."""
         s, c = self.sources[self.controls["source"].value], self.controls
         c["layer"].options = list(s.layers)
         c["layer"].value = next(iter(s.layers))
-        c["head"].max, c["head"].value = s.heads - 1, 0
+        c["head"].max, c["head"].value = s.heads - 1, s.head
         c["query"].max, c["query"].value = s.tokens - 1, s.query
         c["block_size"].options = sorted({b for b in BLOCK_SIZES if b < s.tokens} | {s.block_size})
         c["block_size"].value = s.block_size
