@@ -64,6 +64,7 @@ def test_synthetic_source_marks_the_sink_and_needles(synthetic):
     assert synthetic.spans["sink"] == [(0, 1)] and len(synthetic.spans["needles"]) == 4
     assert synthetic.head_roles == ("local", "sink", "retrieval", "local")
     assert synthetic.heads == 4 and synthetic.tokens == 256 and list(synthetic.layers) == [0]
+    assert synthetic.head == 2                                                # the view starts at the retrieval head
 
 
 def test_model_source_traces_every_msa_layer(tiny_model, haystack_source):
@@ -210,8 +211,8 @@ def test_pictures_draw_the_view(synthetic):
 def test_every_control_changes_the_figure(synthetic, haystack_source):
     explorer = SparsityExplorer(synthetic, haystack_source)
     first = explorer.state()
-    assert first == dict(source="synthetic", layer=0, head=0, query=synthetic.query, block_size=16, top_k=4)
-    changes = [("head", 2), ("query", 100), ("block_size", 32), ("top_k", 2), ("source", "model"), ("layer", 2)]
+    assert first == dict(source="synthetic", layer=0, head=2, query=synthetic.query, block_size=16, top_k=4)
+    changes = [("head", 1), ("query", 100), ("block_size", 32), ("top_k", 2), ("source", "model"), ("layer", 2)]
     for name, value in changes:
         before = explorer.image.value
         explorer.controls[name].value = value

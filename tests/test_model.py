@@ -6,7 +6,7 @@ import torch
 
 import m3lite as m3
 from m3lite.model import M3Config, M3Lite
-from m3lite.tasks.vocab import SLOT, VOCAB_SIZE
+from m3lite.tasks.vocab import END, SLOT, START, VOCAB_SIZE
 
 
 def tiny(**changes):
@@ -15,9 +15,10 @@ def tiny(**changes):
 
 
 def stream(L=70, batch=1, image_slots=(5, 9), seed=0):
-    """Random byte tokens with one run of image slots, and their features."""
+    """Random byte tokens with one image (START, slots, END), and its features."""
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, 256, (batch, L), generator=g)
+    tokens[:, image_slots[0] - 1], tokens[:, image_slots[1]] = START["image"], END["image"]
     tokens[:, image_slots[0]:image_slots[1]] = SLOT["image"]
     dim = M3Config.tiny().feature_dims["image"]
     return tokens, {"image": torch.randn(batch * (image_slots[1] - image_slots[0]), dim, generator=g)}
@@ -44,7 +45,7 @@ def test_generate_with_the_cache_equals_greedy_forward(attention):
     model = tiny()
     head = torch.nn.Linear(model.config.dim, VOCAB_SIZE)                # a random model must not emit media
     head.weight.data.copy_(model.head.weight)                          # slots: they would need features
-    head.bias.data.zero_()[list(SLOT.values())] = -1e4
+    head.bias.data.zero_()[[*SLOT.values(), *START.values(), *END.values()]] = -1e4
     model.head = head
     tokens, media = stream(L=90)
     new = model.generate(tokens, media, max_new_tokens=6, attention=attention, stop_token=-1)

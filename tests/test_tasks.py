@@ -130,11 +130,11 @@ def test_haystack_has_exact_length_and_a_different_sample_of_a_key_class(context
         assert example.answer == info["words"][info["query_pair"]] and example.answer in WORDS
         start, end = info["pair_spans"][info["query_pair"]]
         pair_tokens = example.tokens[start:end].tolist()
-        assert decode_text(pair_tokens).endswith("word:" + example.answer)
+        assert decode_text(pair_tokens).endswith(example.answer)
         q_start, q_end = info["query_span"]
         modality = info["modalities"][info["query_pair"]]
         key = [t for t in pair_tokens if t == SLOT[modality]]
-        assert example.tokens[q_start:q_end].tolist() == pair_tokens[:len(key) + 3] + tasks.encode_text("word:")
+        assert example.tokens[q_start:q_end].tolist() == pair_tokens[:len(key) + 3]
         if modality == "image":
             assert info["query_sample_id"] != info["sample_ids"][info["query_pair"]]
             assert info["query_sample_id"] in media.digit_ids("train", info["query_class"])
@@ -167,8 +167,8 @@ def test_haystack_minimum_length():
         with pytest.raises(ValueError, match="context_len"):
             tasks.haystack(shortest - 1, 1, key_modality=key_modality)
     with pytest.raises(ValueError, match="context_len"):
-        tasks.haystack(198, 0, n_pairs=10)
-    assert len(tasks.haystack(199, 0, n_pairs=10).info["classes"]) == 10
+        tasks.haystack(143, 0, n_pairs=10)
+    assert len(tasks.haystack(144, 0, n_pairs=10).info["classes"]) == 10
 
 
 def test_collate_pads_and_keeps_media_in_batch_major_stream_order():
@@ -199,7 +199,8 @@ def test_mixed_stream_draws_every_task_deterministically():
     (lambda: tasks.haystack(500, 0, split="dev"), "split"),
     (lambda: tasks.haystack(500, 0, key_modality="video"), "key_modality"),
     (lambda: tasks.haystack(500, 0, key_modality="smell"), "key_modality"),
-    (lambda: tasks.haystack(40, 0), "context_len"),
+    (lambda: tasks.haystack(39, 0), "context_len"),
+    (lambda: tasks.haystack(500, 0, max_pairs=0), "max_pairs"),
     (lambda: tasks.haystack(500.0, 0), "context_len"),
     (lambda: tasks.haystack(500, 0, n_pairs=11), "n_pairs"),
     (lambda: tasks.caption(-1), "seed"),

@@ -18,7 +18,7 @@ from ..attention import (Indexer, block_attention_mass, block_scores, dense_atte
 from ..attention.rope import apply_rope, rope_angles
 from ..cache import MSACache
 from ..tasks.media import SLOTS
-from ..tasks.vocab import EOS, MODALITIES, SLOT
+from ..tasks.vocab import END, EOS, MODALITIES, SLOT
 from .config import M3Config
 
 ATTENTION_MODES = ("msa", "dense", "random")
@@ -103,11 +103,13 @@ class Attention(nn.Module):
 
 
 class MediaEncoder(nn.Module):
-    """One modality's slot features [items * slots, features] -> [items * slots, dim].
+    """One modality's slot features [items * slots, features] -> slot vectors [items * slots, dim]
+    and item summaries [items, dim].
 
     Each slot's vector mixes its own patch or frame with a summary of its whole item (all the
     item's slots at once), so every slot token already carries what the item shows, such as the
-    digit's class, before any attention layer runs.
+    digit's class. The summary alone goes to the item's END token, so the token after an item can
+    read the whole item one position back.
     """
 
     def __init__(self, feature_dim, slots, dim):
@@ -119,8 +121,9 @@ class MediaEncoder(nn.Module):
 
     def forward(self, features):
         items = features.view(-1, self.slots, features.shape[-1])
-        hidden = F.gelu(self.local(items) + self.summary(items.flatten(1))[:, None])
-        return self.out(hidden).flatten(0, 1)
+        summary = self.summary(items.flatten(1))
+        slot_vectors = self.out(F.gelu(self.local(items) + summary[:, None]))
+        return slot_vectors.flatten(0, 1), self.out(F.gelu(summary))
 
 
 class Block(nn.Module):
@@ -156,14 +159,16 @@ class M3Lite(nn.Module):
         self.head = nn.Linear(c.dim, c.vocab_size, bias=False)
 
     def embed_stream(self, tokens, media):
-        """Token embeddings [B, L, dim]; at each media slot, its modality encoder's output is added to
-        the slot token's own embedding."""
+        """Token embeddings [B, L, dim]; at each media slot its modality encoder's slot vector, and at
+        each media END token the encoder's summary of that item, are added to the token's embedding."""
         check_stream(tokens, media, self.config)
         x = self.embed(tokens)
         for m in MODALITIES:
-            slots = tokens == SLOT[m]
+            slots, ends = tokens == SLOT[m], tokens == END[m]
             if slots.any():
-                x = x.masked_scatter(slots[..., None], self.encoders[m](media[m].to(x.dtype)) + x[slots])
+                slot_vectors, summaries = self.encoders[m](media[m].to(x.dtype))
+                x = x.masked_scatter(slots[..., None], slot_vectors + x[slots])
+                x = x.masked_scatter(ends[..., None], summaries + x[ends])
         return x
 
     def forward(self, tokens, media=None, attention="msa", distill=None, generator=None, trace=None):
@@ -262,8 +267,10 @@ def check_stream(tokens, media, config):
         rows = 0 if m not in media else media[m].shape[0]
         if slots != rows:
             raise ValueError(f"the tokens hold {slots} {m} slots but media[{m!r}] has {rows} feature rows")
-        if slots % SLOTS[m]:
-            raise ValueError(f"the tokens hold {slots} {m} slots, not whole items of {SLOTS[m]} slots each")
+        ends = int((tokens == END[m]).sum())
+        if slots != ends * SLOTS[m]:
+            raise ValueError(f"the tokens hold {slots} {m} slots and {ends} {m} END tokens: media items must be "
+                             f"whole, {SLOTS[m]} slots then an END token each")
         if rows and media[m].shape[-1] != config.feature_dims[m]:
             raise ValueError(f"media[{m!r}] features must have dim {config.feature_dims[m]}, "
                              f"got {media[m].shape[-1]}")

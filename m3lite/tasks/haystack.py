@@ -2,8 +2,7 @@
 
 Layout of one example, exactly `context_len` tokens in all (answer and <eos> included):
 
-    <bos> filler <sep>KEY word:apple<sep> filler <sep>KEY word:river<sep> ... filler
-    <sep>QUERY word:  ->  "river<eos>"
+    <bos> filler <sep>KEY apple<sep> filler <sep>KEY river<sep> ... filler <sep>QUERY  ->  "river<eos>"
 
 Each KEY is an image (6 tokens) or an audio clip (14 tokens) of a digit class; the classes of one
 example are distinct, so a class names one pair. Words come from WORDS (all 5 letters), distinct
@@ -12,9 +11,13 @@ within an example and unrelated to the digit. The QUERY is a *different* sample 
 lowercase words (from FILLER, none of them a word of WORDS) split into random gaps around the
 pairs, so where the pairs sit, and which one is asked for, change with the seed.
 
-Token counts: a pair is 12 + key tokens (18 image, 26 audio); the query is 6 + key tokens; the
-answer with <eos> is 6; <bos> is 1. So 2 image pairs need at least 55 tokens, 10 need 199;
-10 audio pairs need 287.
+The word follows its key directly, and the answer follows the query's END token: a key item's END
+token carries the model's summary of the item, so reading "the word after the item like this one"
+is the classic induction pattern (match the token before, copy the token after).
+
+Token counts: a pair is 7 + key tokens (13 image, 21 audio); the query is 1 + key tokens; the
+answer with <eos> is 6; <bos> is 1. So 2 image pairs need at least 40 tokens, 10 need 144;
+10 audio pairs need 224.
 """
 from .media import SLOTS, digit_features
 from .stream import Stream, make_rng
@@ -31,7 +34,6 @@ FILLER = ("the", "a", "of", "and", "to", "in", "is", "it", "that", "was", "for",
           "its", "now", "find", "long", "day", "did", "get", "come", "made", "may", "part")
 KEY_MODALITIES = ("image", "audio", "mixed")
 MAX_PAIRS = 10                        # one per digit class
-PROMPT = "word:"
 HAYSTACK_SALT = 4
 
 
@@ -41,14 +43,14 @@ def key_tokens(modality):
 
 
 def pair_tokens(modality):
-    """Tokens of one pair: <sep> KEY word: WORD <sep>."""
-    return 1 + key_tokens(modality) + len(PROMPT) + len(WORDS[0]) + 1
+    """Tokens of one pair: <sep> KEY WORD <sep>."""
+    return 1 + key_tokens(modality) + len(WORDS[0]) + 1
 
 
 def min_context_len(n_pairs, key_modality="image"):
     """The shortest haystack with `n_pairs` pairs (no filler); 'mixed' counts the longer audio keys."""
     modality = "audio" if key_modality == "mixed" else key_modality
-    query = 1 + key_tokens(modality) + len(PROMPT)
+    query = 1 + key_tokens(modality)
     return 1 + n_pairs * pair_tokens(modality) + query + len(WORDS[0]) + 1
 
 
@@ -111,8 +113,7 @@ def haystack(context_len, seed, split="train", key_modality="image", n_pairs=Non
     asked = int(rng.integers(n_pairs))
     query, query_id = digit_features(modalities[asked], classes[asked], rng, split, avoid=(keys[asked][1],))
 
-    fixed = (1 + sum(pair_tokens(m) for m in modalities) + 1 + key_tokens(modalities[asked]) + len(PROMPT)
-             + len(words[asked]) + 1)
+    fixed = 1 + sum(pair_tokens(m) for m in modalities) + 1 + key_tokens(modalities[asked]) + len(words[asked]) + 1
     gaps = gap_lengths(rng, context_len - fixed, n_pairs + 1)
     stream, spans = Stream(), []
     stream.special(BOS)
@@ -121,14 +122,13 @@ def haystack(context_len, seed, split="train", key_modality="image", n_pairs=Non
         start = len(stream)
         stream.special(SEP)
         stream.media(modality, features)
-        stream.text(PROMPT + word)
+        stream.text(word)
         stream.special(SEP)
         spans.append((start, len(stream)))
     stream.text(filler_text(rng, gaps[-1]))
     query_start = len(stream)
     stream.special(SEP)
     stream.media(modalities[asked], query)
-    stream.text(PROMPT)
     return stream.finish(words[asked], task="haystack", classes=classes, words=words, modalities=modalities,
                          sample_ids=[key[1] for key in keys], pair_spans=spans, query_pair=asked,
                          query_class=classes[asked], query_sample_id=query_id,
