@@ -83,3 +83,51 @@ def with_untrained_indexers(model, seed=0):
                     if hasattr(module, "reset_parameters"):
                         module.reset_parameters()
     return fresh
+
+
+def main(argv=None):
+    """python -m m3lite.evals CHECKPOINT [--lengths ...] [--trials N] [--out JSON]: the whole evaluation."""
+    import argparse
+    import json
+    import platform
+    import time
+
+    from tqdm import tqdm
+
+    from .model import M3Lite
+    p = argparse.ArgumentParser(prog="python -m m3lite.evals", description=main.__doc__)
+    p.add_argument("checkpoint")
+    p.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048], help="haystack lengths")
+    p.add_argument("--trials", type=int, default=64, help="haystacks per length and mode")
+    p.add_argument("--examples", type=int, default=128, help="test examples per perception task")
+    p.add_argument("--recall-examples", type=int, default=16, help="haystacks per length for the indexer's recall")
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--out", default=None, help="write the results here as JSON")
+    args = p.parse_args(argv)
+    model = M3Lite.from_pretrained(args.checkpoint).eval()
+    start = time.time()
+    result = {"checkpoint": str(args.checkpoint), "config": model.config.to_dict(), "torch": torch.__version__,
+              "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "split": "test",
+              "perception": {}, "haystack": {m: [] for m in args.modes}, "recall": {"msa": [], "untrained": []}}
+    for task in ("caption", "video", "transcribe"):
+        result["perception"][task] = {"accuracy": accuracy(model, task, n=args.examples, seed=0), "n": args.examples}
+        print(task, result["perception"][task])
+    for length in tqdm(args.lengths, desc="lengths"):
+        for mode in args.modes:
+            hit = haystack(model, length, args.trials, seed=0, attention=mode)
+            result["haystack"][mode].append({"context_len": length, "accuracy": hit, "n_trials": args.trials})
+            tqdm.write(f"haystack {length:5d} {mode:9s} {hit:.3f}")
+        examples = [tasks.haystack(length, s, "test", key_modality="mixed") for s in range(args.recall_examples)]
+        for mode in ("msa", "untrained"):
+            recall = indexer_recall(model, examples, attention=mode)
+            result["recall"][mode].append({"context_len": length, "per_layer": recall, "n": args.recall_examples})
+            tqdm.write(f"recall {length:5d} {mode:9s} " + " ".join(f"{r:.3f}" for r in recall))
+    result["seconds"] = round(time.time() - start, 1)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import random
 import time
 from pathlib import Path
 
@@ -36,7 +37,11 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=16, help="examples per step and process")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--context-len", type=int, default=256, help="tokens of each training haystack")
+    p.add_argument("--context-len", type=int, default=256, help="tokens of each training haystack (the most, with "
+                                                                      "--min-context-len)")
+    p.add_argument("--min-context-len", type=int, default=None,
+                   help="draw each haystack's length uniformly in [this, --context-len] (default: all --context-len)")
+    p.add_argument("--init", default=None, help="start from this saved model (its config replaces --config/--model)")
     p.add_argument("--key-modality", default="mixed", choices=tasks.KEY_MODALITIES, help="the haystacks' keys")
     p.add_argument("--max-pairs", type=int, default=None, help="at most this many pairs per haystack (default: all that fit)")
     p.add_argument("--model", nargs="*", default=[], metavar="FIELD=VALUE",
@@ -58,6 +63,8 @@ def parse_args(argv=None):
     for name in ("steps", "batch", "context_len", "eval_every", "ckpt_every"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.min_context_len is not None and not tasks.min_context_len(2, "audio") <= args.min_context_len <= args.context_len:
+        p.error(f"--min-context-len must lie in [{tasks.min_context_len(2, 'audio')}, --context-len], got {args.min_context_len}")
     if args.max_pairs is not None and not 1 <= args.max_pairs <= tasks.MAX_PAIRS:
         p.error(f"--max-pairs must lie in 1..{tasks.MAX_PAIRS}, got {args.max_pairs}")
     try:
@@ -101,11 +108,17 @@ def max_pairs(args, step):
     return 1 + most * step // args.curriculum_steps
 
 
+def context_len(args, seed):
+    """The haystack length of the example with this seed: --context-len, or drawn from the range."""
+    if args.min_context_len is None:
+        return args.context_len
+    return random.Random(seed).randint(args.min_context_len, args.context_len)
+
+
 def make_batch(args, step, rank, device):
-    examples = [tasks.mixed(example_seed(args.seed, step, rank, i, args.batch), "train", tasks=tuple(args.tasks),
-                            context_len=args.context_len, key_modality=args.key_modality,
-                            max_pairs=max_pairs(args, step))
-                for i in range(args.batch)]
+    seeds = [example_seed(args.seed, step, rank, i, args.batch) for i in range(args.batch)]
+    examples = [tasks.mixed(seed, "train", tasks=tuple(args.tasks), context_len=context_len(args, seed),
+                            key_modality=args.key_modality, max_pairs=max_pairs(args, step)) for seed in seeds]
     tokens, media, loss_mask = tasks.collate(examples)
     return tokens.to(device), {m: x.to(device) for m, x in media.items()}, loss_mask.to(device)
 
@@ -152,8 +165,8 @@ def load_checkpoint(path, model, optimizer, args):
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state["config"] != model.config.to_dict():
         raise ValueError(f"{path} was written for another model config: {state['config']}")
-    for name in ("seed", "batch", "steps", "context_len", "warmup_steps", "curriculum_steps", "tasks", "key_modality",
-                 "max_pairs"):
+    for name in ("seed", "batch", "steps", "context_len", "min_context_len", "warmup_steps", "curriculum_steps",
+                 "tasks", "key_modality", "max_pairs", "init"):
         if state["args"][name] != getattr(args, name):
             raise ValueError(f"--{name.replace('_', '-')} is {getattr(args, name)} but {path} was trained with "
                              f"{state['args'][name]}: resuming would not continue the same run")
@@ -182,7 +195,7 @@ def train(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    model = M3Lite(model_config(args)).to(device)
+    model = (M3Lite.from_pretrained(args.init) if args.init else M3Lite(model_config(args))).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     start = load_checkpoint(out / "checkpoint.pt", model, optimizer, args) if args.resume else 0
     net = model

@@ -97,12 +97,24 @@ def test_bad_checkpoints_are_refused(tmp_path):
     (lambda t, m: (t, {"image": m["image"][:, :3]}), "features must have dim"),
     (lambda t, m: (t.clamp(max=VOCAB_SIZE) + (t == t.max()) * VOCAB_SIZE, m), "token ids must lie in"),
     (lambda t, m: (t.float(), m), "tokens must be an int64 tensor"),
+    (lambda t, m: (t.where(t != END["image"], 65), m), "media items must be whole"),
 ])
 def test_bad_streams_are_refused(change, match):
     model = tiny()
     tokens, media = change(*stream())
     with pytest.raises((ValueError, TypeError), match=match):
         model(tokens, media)
+
+
+def test_every_slot_and_the_end_token_see_the_whole_item():
+    model = tiny()
+    tokens, media = stream()
+    changed = {"image": media["image"].clone()}
+    changed["image"][3] += 1.0                                          # the item's last patch only
+    with torch.no_grad():
+        change = (model.embed_stream(tokens, changed) - model.embed_stream(tokens, media)).abs().amax(-1)[0]
+    assert (change[5:10] > 0).all()                                    # all 4 slots and the END token
+    assert change[:5].max() == 0 and change[10:].max() == 0            # nothing else (embeddings only)
 
 
 def test_too_long_prompts_are_refused():

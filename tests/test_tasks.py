@@ -160,6 +160,13 @@ def test_haystack_needle_moves_with_the_seed_and_filler_is_plain_words():
     assert not set(FILLER) & set(WORDS)
 
 
+def test_haystack_max_pairs_caps_the_drawn_pairs():
+    drawn = {m: {len(tasks.haystack(600, s, key_modality="image", max_pairs=m).info["words"]) for s in range(30)}
+             for m in (1, 2, 4)}
+    assert drawn == {1: {1}, 2: {2}, 4: {2, 3, 4}}
+    assert len(tasks.mixed(3, tasks=("haystack",), context_len=600, max_pairs=1).info["words"]) == 1
+
+
 def test_haystack_minimum_length():
     for key_modality in tasks.KEY_MODALITIES:
         shortest = tasks.min_context_len(2, key_modality)

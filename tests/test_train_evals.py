@@ -38,10 +38,31 @@ def test_resume_refuses_a_different_run(tmp_path):
         train.main(["--out", str(tmp_path), "--resume", "--seed", "1"] + ARGS)
 
 
-@pytest.mark.parametrize("bad", [["--steps", "0"], ["--context-len", "10"]])
+@pytest.mark.parametrize("bad", [["--steps", "0"], ["--context-len", "10"], ["--max-pairs", "11"],
+                                 ["--curriculum-steps", "-1"], ["--model", "layers=x"], ["--model", "colour=1"],
+                                 ["--model", "heads=3"]])
 def test_bad_arguments(tmp_path, bad):
     with pytest.raises(SystemExit):
         train.parse_args(["--out", str(tmp_path)] + bad)
+
+
+def test_curriculum_and_model_changes():
+    args = train.parse_args(["--out", "x", "--curriculum-steps", "100", "--model", "layers=2", "dense_layers=1"])
+    assert [train.max_pairs(args, step) for step in (0, 9, 10, 55, 99, 100)] == [1, 1, 2, 6, 10, None]
+    assert train.model_config(args) == M3Config(**{**M3Config.tiny().to_dict(), "layers": 2})
+    args = train.parse_args(["--out", "x", "--curriculum-steps", "10", "--max-pairs", "3"])
+    assert [train.max_pairs(args, step) for step in (0, 5, 10)] == [1, 2, 3]
+
+
+def test_evals_command_writes_every_table(tmp_path):
+    torch.manual_seed(0)
+    M3Lite(M3Config.tiny()).save(tmp_path / "m.safetensors")
+    result = evals.main([str(tmp_path / "m.safetensors"), "--lengths", "96", "--trials", "2", "--examples", "2",
+                         "--recall-examples", "1", "--out", str(tmp_path / "r.json")])
+    assert json.loads((tmp_path / "r.json").read_text()) == result
+    assert set(result["haystack"]) == set(evals.MODES) and set(result["perception"]) == {"caption", "video", "transcribe"}
+    assert all(len(rows) == 1 and rows[0]["n_trials"] == 2 for rows in result["haystack"].values())
+    assert len(result["recall"]["msa"][0]["per_layer"]) == M3Config.tiny().layers - M3Config.tiny().dense_layers
 
 
 def test_batches_depend_on_seed_step_and_rank_only():
