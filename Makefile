@@ -27,6 +27,7 @@ lab: setup
 	$(BIN)/jupyter lab $(LAB_FLAGS) notebooks/00_welcome.ipynb
 
 test: setup
+	bash scripts/ensure_chromium.sh
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope --nbval-lax tests notebooks
 
 bench-cpu: setup

@@ -16,7 +16,7 @@ import copy
 import torch
 
 from . import tasks
-from .attention import attention_recall
+from .attention import attention_recall, block_attention_mass, select_blocks
 from .model import ATTENTION_MODES
 
 MODES = ATTENTION_MODES + ("untrained",)
@@ -56,20 +56,41 @@ def haystack(model, context_len, n_trials, seed, attention="msa", key_modality="
 
 
 @torch.no_grad()
-def indexer_recall(model, examples, attention="msa"):
-    """Per MSA layer, the share of the main attention's mass inside the indexer's selected blocks
-    (mean over examples, heads and positions); 1.0 = the selection misses nothing."""
+def indexer_recall(model, examples, attention="msa", at="all"):
+    """Per MSA layer, the share of the main attention's mass inside the selected blocks (mean over
+    examples, heads and positions); 1.0 = the selection misses nothing.
+
+    attention: "msa" (the trained indexers), "untrained" (freshly initialised indexers), or "oracle"
+    (the best any selection of top_k blocks can do: each group's heaviest blocks, own block forced).
+    at: "all" positions, or only the "answer" position (the last prompt token, which predicts the
+    answer's first token: in a haystack, the query looking for its key).
+    """
+    if attention not in ("msa", "untrained", "oracle"):
+        raise ValueError(f"attention must be 'msa', 'untrained' or 'oracle', got {attention!r}")
+    if at not in ("all", "answer"):
+        raise ValueError(f"at must be 'all' or 'answer', got {at!r}")
     if attention == "untrained":
         model = with_untrained_indexers(model)
+    c = model.config
     device = next(model.parameters()).device
     per_layer = []
     for example in examples:
         trace = []
         media = {m: x.to(device) for m, x in example.media.items()}
         model(example.tokens[None].to(device), media, attention="msa", trace=trace)
-        per_layer.append([attention_recall(t["q"], t["k"], t["sel"], block_size=model.config.block_size).mean()
+        positions = slice(None) if at == "all" else int(example.loss_mask.nonzero()[0]) - 1
+        per_layer.append([attention_recall(t["q"], t["k"], oracle_selection(t["q"], t["k"], c) if attention == "oracle"
+                                           else t["sel"], block_size=c.block_size)[..., positions].mean()
                           for t in trace])
     return torch.tensor(per_layer).mean(0).tolist()
+
+
+def oracle_selection(q, k, config):
+    """The top_k blocks of each KV group's dense attention mass (own block forced): [B, HKV, T, K]."""
+    mass = block_attention_mass(q, k, config.block_size, config.kv_heads)             # [B, HKV, T, NB]
+    T, NB = mass.shape[-2:]
+    future = torch.arange(NB, device=q.device) * config.block_size > torch.arange(T, device=q.device)[:, None]
+    return select_blocks(mass.masked_fill(future, float("-inf")), top_k=config.top_k, backend="torch")
 
 
 def with_untrained_indexers(model, seed=0):
@@ -108,7 +129,8 @@ def main(argv=None):
     start = time.time()
     result = {"checkpoint": str(args.checkpoint), "config": model.config.to_dict(), "torch": torch.__version__,
               "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "split": "test",
-              "perception": {}, "haystack": {m: [] for m in args.modes}, "recall": {"msa": [], "untrained": []}}
+              "perception": {}, "haystack": {m: [] for m in args.modes}, "recall": {"msa": [], "untrained": [], "oracle": []},
+              "recall_at_answer": {"msa": [], "untrained": [], "oracle": []}}
     for task in ("caption", "video", "transcribe"):
         result["perception"][task] = {"accuracy": accuracy(model, task, n=args.examples, seed=0), "n": args.examples}
         print(task, result["perception"][task])
@@ -118,10 +140,11 @@ def main(argv=None):
             result["haystack"][mode].append({"context_len": length, "accuracy": hit, "n_trials": args.trials})
             tqdm.write(f"haystack {length:5d} {mode:9s} {hit:.3f}")
         examples = [tasks.haystack(length, s, "test", key_modality="mixed") for s in range(args.recall_examples)]
-        for mode in ("msa", "untrained"):
-            recall = indexer_recall(model, examples, attention=mode)
-            result["recall"][mode].append({"context_len": length, "per_layer": recall, "n": args.recall_examples})
-            tqdm.write(f"recall {length:5d} {mode:9s} " + " ".join(f"{r:.3f}" for r in recall))
+        for at, table in (("all", "recall"), ("answer", "recall_at_answer")):
+            for mode in ("msa", "untrained", "oracle"):
+                recall = indexer_recall(model, examples, attention=mode, at=at)
+                result[table][mode].append({"context_len": length, "per_layer": recall, "n": args.recall_examples})
+                tqdm.write(f"{table} {length:5d} {mode:9s} " + " ".join(f"{r:.3f}" for r in recall))
     result["seconds"] = round(time.time() - start, 1)
     if args.out:
         with open(args.out, "w") as f:
