@@ -87,6 +87,21 @@ def test_evals_run_in_every_mode_and_recall_is_per_layer():
         evals.haystack(model, 160, n_trials=1, seed=0, attention="sparse")
 
 
+def test_oracle_recall_bounds_every_selection():
+    torch.manual_seed(0)
+    model = M3Lite(M3Config.tiny()).eval()
+    examples = [tasks.haystack(300, seed=s) for s in range(2)]
+    for at in ("all", "answer"):
+        oracle = evals.indexer_recall(model, examples, attention="oracle", at=at)
+        for mode in ("msa", "untrained"):
+            assert all(o >= r - 1e-6 for o, r in zip(oracle, evals.indexer_recall(model, examples, mode, at=at)))
+    c = model.config
+    sel = evals.oracle_selection(torch.randn(1, c.heads, 40, c.head_dim), torch.randn(1, c.kv_heads, 40, c.head_dim), c)
+    assert (sel[..., 0] == torch.arange(40) // c.block_size).all()          # own block first, as select_blocks does
+    with pytest.raises(ValueError, match="at must be"):
+        evals.indexer_recall(model, examples, at="query")
+
+
 def test_untrained_copy_changes_only_the_indexers():
     torch.manual_seed(0)
     model = M3Lite(M3Config.tiny())
