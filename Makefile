@@ -28,7 +28,7 @@ lab: setup
 
 test: setup
 	bash scripts/ensure_chromium.sh
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope --nbval-lax tests notebooks
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope --nbval-lax tests notebooks
 
 bench-cpu: setup
 	$(BIN)/python -m m3lite.bench cpu
