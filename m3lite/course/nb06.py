@@ -86,14 +86,16 @@ def check_loss_mask(fn):
 
 
 class _RowNumber(nn.Module):
-    """An encoder that puts each slot's row number (feature 0) into every dimension of its embedding."""
+    """An encoder that puts each slot's row number (feature 0) into every dimension of its embedding,
+    and nothing into the items' END tokens (zero summaries)."""
 
-    def __init__(self, dim):
+    def __init__(self, dim, slots):
         super().__init__()
-        self.dim = dim
+        self.dim, self.slots = dim, slots
 
     def forward(self, features):
-        return features[:, :1].expand(-1, self.dim)
+        summaries = features.new_zeros(features.shape[0] // self.slots, self.dim)
+        return features[:, :1].expand(-1, self.dim), summaries
 
 
 @torch.no_grad()
@@ -107,7 +109,7 @@ def _fill_order_of_embed_stream(tokens, modality):
     model = M3Lite(config)
     model.embed.weight.zero_()
     for m in MODALITIES:
-        model.encoders[m] = _RowNumber(config.dim)
+        model.encoders[m] = _RowNumber(config.dim, SLOTS[m])
     media = {m: torch.zeros(int((tokens == SLOT[m]).sum()), FEATURE_DIMS[m]) for m in MODALITIES}
     media[modality][:, 0] = torch.arange(1, len(media[modality]) + 1)
     filled = model.embed_stream(tokens, media)[..., 0]                 # [B, L]: row + 1 at the slots, else 0
