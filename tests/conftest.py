@@ -90,6 +90,35 @@ def checker_survives_a_raise(check, capsys):
     assert "IndexError" in capsys.readouterr().out
 
 
+def exercise_checker_tests(checks):
+    """The four tests every notebook's exercise checkers get. `checks` lists (checker, solution, a
+    typical wrong answer, the hint the checker must give for it). A test module assigns the four
+    returned functions to test names, so that pytest collects them there."""
+    ids = [f"{check.__name__}-{wrong.__name__}" for check, _, wrong, _ in checks]
+    unique = sorted({c for c, _, _, _ in checks}, key=lambda c: c.__name__)
+
+    @pytest.mark.parametrize("check, solution, wrong, hint", checks, ids=ids)
+    def accepts_the_solution(check, solution, wrong, hint, capsys):
+        checker_accepts(check, solution, capsys)
+
+    @pytest.mark.parametrize("check, solution, wrong, hint", checks, ids=ids)
+    def rejects_a_typical_mistake_and_names_it(check, solution, wrong, hint, capsys):
+        checker_rejects(check, wrong, capsys, hint)
+
+    @pytest.mark.parametrize("check", unique, ids=lambda c: c.__name__)
+    def reports_an_unfinished_stub(check, capsys):
+        checker_reports_a_stub(check, capsys)
+
+    @pytest.mark.parametrize("check", unique, ids=lambda c: c.__name__)
+    def survives_an_answer_that_raises_or_returns_nonsense(check, capsys):
+        checker_survives_a_raise(check, capsys)
+        assert check(lambda *args: "nonsense") is False
+        assert capsys.readouterr().out.startswith("✗")
+
+    return (accepts_the_solution, rejects_a_typical_mistake_and_names_it, reports_an_unfinished_stub,
+            survives_an_answer_that_raises_or_returns_nonsense)
+
+
 def shape_name(shape):
     """Test id of a sparse-attention case (B, HQ, HKV, HI, T, S, D, BS, K)."""
     return "B{}-HQ{}-HKV{}-HI{}-T{}-S{}-D{}-BS{}-K{}".format(*shape)

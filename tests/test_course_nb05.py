@@ -2,7 +2,6 @@
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from matplotlib.figure import Figure
 
@@ -11,7 +10,7 @@ from m3lite.course import nb05
 from m3lite.solutions import nb05 as sol05
 from m3lite.viz.decode import (decode_row, plot_attention_share, plot_cache, plot_decode_measured,
                                plot_step_bytes, step_bytes)
-from conftest import checker_accepts, checker_rejects, checker_reports_a_stub, checker_survives_a_raise
+from conftest import exercise_checker_tests
 
 BENCH = Path(__file__).parents[1] / "data" / "bench" / "decode-h200.json"
 
@@ -89,30 +88,9 @@ CHECKS = [
     (nb05.check_speedup_bound, sol05.speedup_bound, bound_upside_down, "upside down"),
     (nb05.check_speedup_bound, sol05.speedup_bound, bound_in_elements, "count bytes"),
 ]
-IDS = [f"{check.__name__}-{wrong.__name__}" for check, _, wrong, _ in CHECKS]
-UNIQUE_CHECKS = sorted({c for c, _, _, _ in CHECKS}, key=lambda c: c.__name__)
-
-
-@pytest.mark.parametrize("check, solution, wrong, hint", CHECKS, ids=IDS)
-def test_checker_accepts_the_solution(check, solution, wrong, hint, capsys):
-    checker_accepts(check, solution, capsys)
-
-
-@pytest.mark.parametrize("check, solution, wrong, hint", CHECKS, ids=IDS)
-def test_checker_rejects_a_typical_mistake_and_names_it(check, solution, wrong, hint, capsys):
-    checker_rejects(check, wrong, capsys, hint)
-
-
-@pytest.mark.parametrize("check", UNIQUE_CHECKS, ids=lambda c: c.__name__)
-def test_checker_reports_an_unfinished_stub(check, capsys):
-    checker_reports_a_stub(check, capsys)
-
-
-@pytest.mark.parametrize("check", UNIQUE_CHECKS, ids=lambda c: c.__name__)
-def test_checker_survives_an_answer_that_raises_or_returns_nonsense(check, capsys):
-    checker_survives_a_raise(check, capsys)
-    assert check(lambda *args: "nonsense") is False
-    assert capsys.readouterr().out.startswith("✗")
+(test_checker_accepts_the_solution, test_checker_rejects_a_typical_mistake_and_names_it,
+ test_checker_reports_an_unfinished_stub,
+ test_checker_survives_an_answer_that_raises_or_returns_nonsense) = exercise_checker_tests(CHECKS)
 
 
 def test_positions_read_off_decode_attention_are_bottom_right():

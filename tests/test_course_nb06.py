@@ -1,7 +1,6 @@
 """Checkers of notebook 06 (the M3-lite model), and the pictures and tables of m3lite.viz.model."""
 import json
 
-import pytest
 import torch
 from matplotlib.figure import Figure
 
@@ -13,7 +12,7 @@ from m3lite.tasks import EOS, FEATURE_DIMS, SLOT, SLOTS, START
 from m3lite.viz.model import (PARTS, answer_text, parameter_counts, parameter_part, plot_logit_change,
                               plot_parameter_counts, plot_training, read_log, readable, show_answers,
                               show_slot_features)
-from conftest import checker_accepts, checker_rejects, checker_reports_a_stub, checker_survives_a_raise
+from conftest import exercise_checker_tests
 
 
 def tokens_slots_only(modality):
@@ -93,30 +92,9 @@ CHECKS = [
     (nb06.check_swiglu_parameters, sol06.swiglu_parameters, mlp_with_biases, "no bias"),
     (nb06.check_swiglu_parameters, sol06.swiglu_parameters, mlp_with_its_norm, "RMSNorm"),
 ]
-IDS = [f"{check.__name__}-{wrong.__name__}" for check, _, wrong, _ in CHECKS]
-UNIQUE_CHECKS = sorted({c for c, _, _, _ in CHECKS}, key=lambda c: c.__name__)
-
-
-@pytest.mark.parametrize("check, solution, wrong, hint", CHECKS, ids=IDS)
-def test_checker_accepts_the_solution(check, solution, wrong, hint, capsys):
-    checker_accepts(check, solution, capsys)
-
-
-@pytest.mark.parametrize("check, solution, wrong, hint", CHECKS, ids=IDS)
-def test_checker_rejects_a_typical_mistake_and_names_it(check, solution, wrong, hint, capsys):
-    checker_rejects(check, wrong, capsys, hint)
-
-
-@pytest.mark.parametrize("check", UNIQUE_CHECKS, ids=lambda c: c.__name__)
-def test_checker_reports_an_unfinished_stub(check, capsys):
-    checker_reports_a_stub(check, capsys)
-
-
-@pytest.mark.parametrize("check", UNIQUE_CHECKS, ids=lambda c: c.__name__)
-def test_checker_survives_an_answer_that_raises_or_returns_nonsense(check, capsys):
-    checker_survives_a_raise(check, capsys)
-    assert check(lambda *args: "nonsense") is False
-    assert capsys.readouterr().out.startswith("✗")
+(test_checker_accepts_the_solution, test_checker_rejects_a_typical_mistake_and_names_it,
+ test_checker_reports_an_unfinished_stub,
+ test_checker_survives_an_answer_that_raises_or_returns_nonsense) = exercise_checker_tests(CHECKS)
 
 
 def test_item_tokens_by_hand():

@@ -12,7 +12,7 @@ from m3lite.solutions import nb07 as sol07
 from m3lite.viz.training import (answer_position, headroom_won, join_runs, mass_by_distance, plot_indexer_kl,
                                  plot_kl_curves, plot_mass_by_distance, plot_query_selections, plot_recall_per_layer,
                                  running_mean, trace_indexers)
-from conftest import checker_accepts, checker_rejects, checker_reports_a_stub, checker_survives_a_raise
+from conftest import exercise_checker_tests
 
 NEG_INF = float("-inf")
 
@@ -171,30 +171,9 @@ CHECKS = [
     (nb07.check_kl_gradient, sol07.kl_gradient, grad_not_renormalised, "renormalise the target"),
     (nb07.check_kl_gradient, sol07.kl_gradient, grad_nan_at_invisible, "gradient 0"),
 ]
-IDS = [f"{check.__name__}-{wrong.__name__}" for check, _, wrong, _ in CHECKS]
-UNIQUE_CHECKS = sorted({c for c, _, _, _ in CHECKS}, key=lambda c: c.__name__)
-
-
-@pytest.mark.parametrize("check, solution, wrong, hint", CHECKS, ids=IDS)
-def test_checker_accepts_the_solution(check, solution, wrong, hint, capsys):
-    checker_accepts(check, solution, capsys)
-
-
-@pytest.mark.parametrize("check, solution, wrong, hint", CHECKS, ids=IDS)
-def test_checker_rejects_a_typical_mistake_and_names_it(check, solution, wrong, hint, capsys):
-    checker_rejects(check, wrong, capsys, hint)
-
-
-@pytest.mark.parametrize("check", UNIQUE_CHECKS, ids=lambda c: c.__name__)
-def test_checker_reports_an_unfinished_stub(check, capsys):
-    checker_reports_a_stub(check, capsys)
-
-
-@pytest.mark.parametrize("check", UNIQUE_CHECKS, ids=lambda c: c.__name__)
-def test_checker_survives_an_answer_that_raises_or_returns_nonsense(check, capsys):
-    checker_survives_a_raise(check, capsys)
-    assert check(lambda *args: "nonsense") is False
-    assert capsys.readouterr().out.startswith("✗")
+(test_checker_accepts_the_solution, test_checker_rejects_a_typical_mistake_and_names_it,
+ test_checker_reports_an_unfinished_stub,
+ test_checker_survives_an_answer_that_raises_or_returns_nonsense) = exercise_checker_tests(CHECKS)
 
 
 def test_checkers_accept_a_float_and_other_float_dtypes(capsys):

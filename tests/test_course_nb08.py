@@ -14,7 +14,7 @@ from m3lite.solutions import nb08 as sol08
 from m3lite.viz import long_context as lc
 from m3lite.viz.explorer import span_blocks, trace_layers
 from m3lite.viz.indexer import block_mass
-from conftest import checker_accepts, checker_rejects, checker_reports_a_stub, checker_survives_a_raise
+from conftest import exercise_checker_tests
 
 
 def blocks_end_inclusive(info, block_size):
@@ -100,30 +100,9 @@ CHECKS = [
     (nb08.check_hit_share, sol08.hit_share, share_needing_every_block, "any one of them"),
     (nb08.check_hit_share, sol08.hit_share, share_first_block_only, "any one of them"),
 ]
-IDS = [f"{check.__name__}-{wrong.__name__}" for check, _, wrong, _ in CHECKS]
-UNIQUE_CHECKS = sorted({c for c, _, _, _ in CHECKS}, key=lambda c: c.__name__)
-
-
-@pytest.mark.parametrize("check, solution, wrong, hint", CHECKS, ids=IDS)
-def test_checker_accepts_the_solution(check, solution, wrong, hint, capsys):
-    checker_accepts(check, solution, capsys)
-
-
-@pytest.mark.parametrize("check, solution, wrong, hint", CHECKS, ids=IDS)
-def test_checker_rejects_a_typical_mistake_and_names_it(check, solution, wrong, hint, capsys):
-    checker_rejects(check, wrong, capsys, hint)
-
-
-@pytest.mark.parametrize("check", UNIQUE_CHECKS, ids=lambda c: c.__name__)
-def test_checker_reports_an_unfinished_stub(check, capsys):
-    checker_reports_a_stub(check, capsys)
-
-
-@pytest.mark.parametrize("check", UNIQUE_CHECKS, ids=lambda c: c.__name__)
-def test_checker_survives_an_answer_that_raises_or_returns_nonsense(check, capsys):
-    checker_survives_a_raise(check, capsys)
-    assert check(lambda *args: "nonsense") is False
-    assert capsys.readouterr().out.startswith("✗")
+(test_checker_accepts_the_solution, test_checker_rejects_a_typical_mistake_and_names_it,
+ test_checker_reports_an_unfinished_stub,
+ test_checker_survives_an_answer_that_raises_or_returns_nonsense) = exercise_checker_tests(CHECKS)
 
 
 def test_block_cases_include_the_edges():

@@ -1,10 +1,9 @@
 """Checkers of notebook 09 (the sparsity explorer)."""
-import pytest
 import torch
 
 from m3lite.course import nb09
 from m3lite.solutions import nb09 as sol09
-from conftest import checker_accepts, checker_rejects, checker_reports_a_stub, checker_survives_a_raise
+from conftest import checker_accepts, exercise_checker_tests
 
 
 def blocks_end_inclusive(start, end, block_size):
@@ -49,30 +48,9 @@ CHECKS = [
     (nb09.check_oracle_recall, sol09.oracle_recall, oracle_own_plus_top_k, "top_k counts the own block"),
     (nb09.check_oracle_recall, sol09.oracle_recall, oracle_counting_the_own_block_twice, "count twice"),
 ]
-IDS = [f"{check.__name__}-{wrong.__name__}" for check, _, wrong, _ in CHECKS]
-UNIQUE_CHECKS = sorted({c for c, _, _, _ in CHECKS}, key=lambda c: c.__name__)
-
-
-@pytest.mark.parametrize("check, solution, wrong, hint", CHECKS, ids=IDS)
-def test_checker_accepts_the_solution(check, solution, wrong, hint, capsys):
-    checker_accepts(check, solution, capsys)
-
-
-@pytest.mark.parametrize("check, solution, wrong, hint", CHECKS, ids=IDS)
-def test_checker_rejects_a_typical_mistake_and_names_it(check, solution, wrong, hint, capsys):
-    checker_rejects(check, wrong, capsys, hint)
-
-
-@pytest.mark.parametrize("check", UNIQUE_CHECKS, ids=lambda c: c.__name__)
-def test_checker_reports_an_unfinished_stub(check, capsys):
-    checker_reports_a_stub(check, capsys)
-
-
-@pytest.mark.parametrize("check", UNIQUE_CHECKS, ids=lambda c: c.__name__)
-def test_checker_survives_an_answer_that_raises_or_returns_nonsense(check, capsys):
-    checker_survives_a_raise(check, capsys)
-    assert check(lambda *args: "nonsense") is False
-    assert capsys.readouterr().out.startswith("✗")
+(test_checker_accepts_the_solution, test_checker_rejects_a_typical_mistake_and_names_it,
+ test_checker_reports_an_unfinished_stub,
+ test_checker_survives_an_answer_that_raises_or_returns_nonsense) = exercise_checker_tests(CHECKS)
 
 
 def test_span_blocks_accepts_a_tensor_answer(capsys):
