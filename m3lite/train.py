@@ -167,9 +167,9 @@ def load_checkpoint(path, model, optimizer, args):
         raise ValueError(f"{path} was written for another model config: {state['config']}")
     for name in ("seed", "batch", "steps", "context_len", "min_context_len", "warmup_steps", "curriculum_steps",
                  "tasks", "key_modality", "max_pairs", "init"):
-        if state["args"][name] != getattr(args, name):
+        if state["args"].get(name) != getattr(args, name):             # .get: older runs lack newer options
             raise ValueError(f"--{name.replace('_', '-')} is {getattr(args, name)} but {path} was trained with "
-                             f"{state['args'][name]}: resuming would not continue the same run")
+                             f"{state['args'].get(name)}: resuming would not continue the same run")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return state["step"]
