@@ -55,7 +55,8 @@ class Attention(nn.Module):
         attention: "msa" (the indexer picks the blocks), "dense", or "random" (own block plus
         random earlier blocks: what MSA would be without an indexer). distill: None, "warmup"
         (KL over all visible blocks) or "selected" (KL over the selected blocks). trace: a list
-        that MSA layers append their q, k and selection to (for the indexer's recall).
+        that MSA layers append their q, k, index queries and keys (iq, ik) and
+        selection to (for the indexer's recall and the explorer).
         """
         c = self.config
         B, T, _ = x.shape
@@ -81,7 +82,7 @@ class Attention(nn.Module):
             target = block_attention_mass(q.detach(), k.detach(), c.block_size, c.kv_heads)
             loss = indexer_distillation_loss(scores, target, sel if distill == "selected" else None)
         if trace is not None:
-            trace.append(dict(q=q.detach(), k=k.detach(), sel=sel))
+            trace.append(dict(q=q.detach(), k=k.detach(), iq=iq.detach(), ik=ik.detach(), sel=sel))
         return self.wo(out.transpose(1, 2).reshape(B, T, -1)), loss
 
 

@@ -194,21 +194,14 @@ def _load_model(model):
 
 @torch.no_grad()
 def trace_layers(model, example):
-    """Run `model` on one Example in MSA mode; return MSA layer index -> Layer (iq, ik caught by hooks)."""
+    """Run `model` on one Example in MSA mode; return MSA layer index -> Layer (from the model's trace)."""
     msa = [i for i, block in enumerate(model.blocks) if block.attn.sparse]
     if not msa:
         raise ValueError("model has no MSA layer (dense_layers == layers): nothing to explore")
-    index_out, trace = [], []
-    hooks = [model.blocks[i].attn.indexer.register_forward_hook(lambda m, args, out: index_out.append(out))
-             for i in msa]
-    device = next(model.parameters()).device
-    try:
-        media = {m: x.to(device) for m, x in example.media.items()}
-        model(example.tokens[None].to(device), media, attention="msa", trace=trace)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return {i: make_layer(t["q"][0], t["k"][0], iq[0], ik[0]) for i, t, (iq, ik) in zip(msa, trace, index_out)}
+    trace, device = [], next(model.parameters()).device
+    media = {m: x.to(device) for m, x in example.media.items()}
+    model(example.tokens[None].to(device), media, attention="msa", trace=trace)
+    return {i: make_layer(t["q"][0], t["k"][0], t["iq"][0], t["ik"][0]) for i, t in zip(msa, trace)}
 
 
 def model_source(model, context_len=512, seed=0, key_modality="mixed", name="model"):

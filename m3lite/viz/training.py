@@ -31,20 +31,13 @@ def trace_indexers(model, example, attention="dense"):
     """
     c = model.config
     msa = [i for i, block in enumerate(model.blocks) if block.attn.sparse]
-    index_out, trace = [], []
-    hooks = [model.blocks[i].attn.indexer.register_forward_hook(lambda m, args, out: index_out.append(out))
-             for i in msa]
-    device = next(model.parameters()).device
-    try:
-        media = {m: x.to(device) for m, x in example.media.items()}
-        model(example.tokens[None].to(device), media, attention=attention, trace=trace)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    trace, device = [], next(model.parameters()).device
+    media = {m: x.to(device) for m, x in example.media.items()}
+    model(example.tokens[None].to(device), media, attention=attention, trace=trace)
     layers = []
-    for i, t, (iq, ik) in zip(msa, trace, index_out):
+    for i, t in zip(msa, trace):
         layers.append(dict(layer=i, q=t["q"][0].cpu(), k=t["k"][0].cpu(), sel=t["sel"][0].cpu(),
-                           scores=block_scores(iq, ik, block_size=c.block_size, backend="torch")[0].cpu(),
+                           scores=block_scores(t["iq"], t["ik"], block_size=c.block_size, backend="torch")[0].cpu(),
                            target=block_attention_mass(t["q"], t["k"], c.block_size, c.kv_heads)[0].cpu()))
     return layers
 
