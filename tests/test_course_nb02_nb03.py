@@ -10,7 +10,7 @@ from m3lite.solutions import nb02 as sol02
 from m3lite.solutions import nb03 as sol03
 from m3lite.viz.gather import plot_load_counts, plot_selection_csr
 from m3lite.viz.indexer import block_mass, plot_block_selection, plot_curves
-from conftest import checker_accepts, checker_rejects, checker_reports_a_stub, checker_survives_a_raise
+from conftest import exercise_checker_tests
 
 NEG_INF = float("-inf")
 
@@ -64,27 +64,10 @@ CHECKS = [
     (nb03.check_invert_selection, sol03.invert_selection, invert_without_offsets_zero),
     (nb03.check_merge_two, sol03.merge_two, merge_naive),
 ]
-IDS = [f"{check.__name__}-{wrong.__name__}" for check, _, wrong in CHECKS]
-
-
-@pytest.mark.parametrize("check, solution, wrong", CHECKS, ids=IDS)
-def test_checker_accepts_the_solution(check, solution, wrong, capsys):
-    checker_accepts(check, solution, capsys)
-
-
-@pytest.mark.parametrize("check, solution, wrong", CHECKS, ids=IDS)
-def test_checker_rejects_a_wrong_answer(check, solution, wrong, capsys):
-    checker_rejects(check, wrong, capsys)
-
-
-@pytest.mark.parametrize("check", sorted({c for c, _, _ in CHECKS}, key=lambda c: c.__name__))
-def test_checker_reports_an_unfinished_stub(check, capsys):
-    checker_reports_a_stub(check, capsys)
-
-
-@pytest.mark.parametrize("check", sorted({c for c, _, _ in CHECKS}, key=lambda c: c.__name__))
-def test_checker_survives_an_answer_that_raises(check, capsys):
-    checker_survives_a_raise(check, capsys)
+(test_checker_accepts_the_solution, test_checker_rejects_a_typical_mistake_and_names_it,
+ test_checker_reports_an_unfinished_stub,
+ test_checker_survives_an_answer_that_raises_or_returns_nonsense) = exercise_checker_tests(
+    [(check, solution, wrong, "") for check, solution, wrong in CHECKS])      # these checkers' hints are not tested
 
 
 def test_top_k_checker_rejects_float_ids(capsys):

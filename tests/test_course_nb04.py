@@ -3,7 +3,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from matplotlib.figure import Figure
 
@@ -14,7 +13,7 @@ from m3lite.kernels.sparse_kv import plan
 from m3lite.solutions import nb04 as sol04
 from m3lite.viz.kernels import (case_rows, kv_program_loads, plot_measured, plot_program_loads, plot_roofline,
                                 query_program_loads, roof)
-from conftest import checker_accepts, checker_rejects, checker_reports_a_stub, checker_survives_a_raise
+from conftest import exercise_checker_tests
 
 BENCH = Path(__file__).parents[1] / "data" / "bench" / "prefill-h200.json"
 
@@ -57,28 +56,10 @@ CHECKS = [
     (nb04.check_useful_flops, sol04.useful_flops, flops_whole_blocks),
     (nb04.check_useful_flops, sol04.useful_flops, flops_all_heads_per_row),
 ]
-IDS = [f"{check.__name__}-{wrong.__name__}" for check, _, wrong in CHECKS]
-UNIQUE_CHECKS = sorted({c for c, _, _ in CHECKS}, key=lambda c: c.__name__)
-
-
-@pytest.mark.parametrize("check, solution, wrong", CHECKS, ids=IDS)
-def test_checker_accepts_the_solution(check, solution, wrong, capsys):
-    checker_accepts(check, solution, capsys)
-
-
-@pytest.mark.parametrize("check, solution, wrong", CHECKS, ids=IDS)
-def test_checker_rejects_a_wrong_answer(check, solution, wrong, capsys):
-    checker_rejects(check, wrong, capsys)
-
-
-@pytest.mark.parametrize("check", UNIQUE_CHECKS, ids=lambda c: c.__name__)
-def test_checker_reports_an_unfinished_stub(check, capsys):
-    checker_reports_a_stub(check, capsys)
-
-
-@pytest.mark.parametrize("check", UNIQUE_CHECKS, ids=lambda c: c.__name__)
-def test_checker_survives_an_answer_that_raises(check, capsys):
-    checker_survives_a_raise(check, capsys)
+(test_checker_accepts_the_solution, test_checker_rejects_a_typical_mistake_and_names_it,
+ test_checker_reports_an_unfinished_stub,
+ test_checker_survives_an_answer_that_raises_or_returns_nonsense) = exercise_checker_tests(
+    [(check, solution, wrong, "") for check, solution, wrong in CHECKS])      # these checkers' hints are not tested
 
 
 def test_sort_key_solution_is_the_kernels_key():
