@@ -59,20 +59,22 @@ def _block_scores_fwd(IQ, IK, OUT,
         tl.store(p_out + j0 + offs_j[None, :], tile, mask=m_q[:, None] & (j0 + offs_j[None, :] < NB))
 
 
-def block_scores(iq, ik, block_size, causal, scale):
-    """float32 [B, HI, T, NB] block scores; inputs as for m3lite.block_scores, already validated."""
+def block_scores(iq, ik, block_size, causal, scale, block_m=64, block_n=64, num_warps=4, num_stages=2):
+    """float32 [B, HI, T, NB] block scores; inputs as for m3lite.block_scores, already validated.
+
+    A program scores `block_m` queries against every block, `block_n` keys at a time."""
     B, HI, T, DI = iq.shape
     S = ik.shape[2]
     NB = triton.cdiv(S, block_size)
     iq, ik = iq.contiguous(), ik.contiguous()
     out = new_output((B, HI, T, NB), torch.float32, iq.device)
-    block_m, block_n = 64, min(block_size, 64)
+    block_n = min(block_size, block_n)
     grid = (triton.cdiv(T, block_m), HI, B)
     _block_scores_fwd[grid](iq, ik, out, iq.stride(0), iq.stride(1), iq.stride(2), ik.stride(0), ik.stride(2),
                             out.stride(0), out.stride(1), out.stride(2), T, S, NB, scale,
                             CAUSAL=causal, BS=block_size, BLOCK_M=block_m, BLOCK_N=block_n,
                             BLOCKS_PER_STORE=min(8, next_pow2(NB)), INDEX_DIM=DI, UPCAST=UPCAST,
-                            num_warps=4, num_stages=2)
+                            num_warps=num_warps, num_stages=num_stages)
     return out
 
 

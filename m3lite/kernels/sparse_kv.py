@@ -19,12 +19,12 @@ def _sparse_kv_fwd(Q, K, V, QUERY, SLOT, WORK_ROW, WORK_START, OFFSETS, O_PART, 
                    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_ks,
                    T, S, NB, HI, R, G, CHUNK, ENTRIES_PER_PROGRAM, qk_scale,
                    CAUSAL: tl.constexpr, BS: tl.constexpr, BLOCK_M: tl.constexpr,
-                   HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr):
+                   HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, PREFETCH: tl.constexpr):
     i_w, i_r = tl.program_id(0), tl.program_id(1)
     row = tl.load(WORK_ROW + i_w)                                      # a (batch, index head, block)
     start = tl.load(WORK_START + i_w)
     end = tl.minimum(tl.load(OFFSETS + row + 1), start + ENTRIES_PER_PROGRAM)
-    i_b, i_hi, j = (row // (HI * NB)).to(tl.int64), (row // NB) % HI, row % NB
+    i_b, i_hi, j = (row // (HI * NB)).to(tl.int64), ((row // NB) % HI).to(tl.int32), (row % NB).to(tl.int32)
     i_kv = i_hi * R + i_r
     offs_d = tl.arange(0, HEAD_DIM)
     # -- load the KV block once, for all the chunks of queries below
@@ -38,19 +38,23 @@ def _sparse_kv_fwd(Q, K, V, QUERY, SLOT, WORK_ROW, WORK_START, OFFSETS, O_PART, 
     offs_m = tl.arange(0, BLOCK_M)
     g = offs_m % G
     p_q = Q + i_b * stride_qb + (i_kv * G + g).to(tl.int64)[:, None] * stride_qh + offs_d[None, :]
+    if PREFETCH:  # pipelined by hand: the next chunk's Q tile (and the one after's ids) are
+        # requested before this chunk's math, so their memory latency overlaps it
+        m_row, t, slot = _chunk_ids(QUERY, SLOT, start, end, offs_m, CHUNK, G)
+        b_q = _gather_q(p_q, t, m_row, stride_qt, UPCAST)
+        n_row, n_t, n_slot = _chunk_ids(QUERY, SLOT, start + CHUNK, end, offs_m, CHUNK, G)
     for first in range(start, end, CHUNK):
-        e = first + offs_m // G
-        m_row = (offs_m < CHUNK * G) & (e < end)
-        t = tl.load(QUERY + e, mask=m_row, other=0)
-        # -- gather Q
-        b_q = tl.load(p_q + t.to(tl.int64)[:, None] * stride_qt, mask=m_row[:, None], other=0.0)
-        if UPCAST:
-            b_q = b_q.to(tl.float32)
+        if PREFETCH:
+            n_q = _gather_q(p_q, n_t, n_row, stride_qt, UPCAST)
+            nn_row, nn_t, nn_slot = _chunk_ids(QUERY, SLOT, first + 2 * CHUNK, end, offs_m, CHUNK, G)
+        else:
+            m_row, t, slot = _chunk_ids(QUERY, SLOT, first, end, offs_m, CHUNK, G)
+            b_q = _gather_q(p_q, t, m_row, stride_qt, UPCAST)
         # -- exact softmax over this one block: no running max, no rescaling
         s = tl.dot(b_q, b_k)                                            # [BLOCK_M, BS], unscaled
         needs_mask = (j + 1) * BS > S                                   # a partial last block
-        if CAUSAL:  # the chunk's first query is its earliest (CSR rows are in query order)
-            needs_mask = needs_mask | ((j + 1) * BS - 1 > tl.load(QUERY + first) + S - T)
+        if CAUSAL:  # rows are in query order: the chunk's first row is its earliest query
+            needs_mask = needs_mask | ((j + 1) * BS - 1 > tl.min(tl.where(m_row, t, T), 0) + S - T)
         if needs_mask:
             visible = cols[None, :] < S
             if CAUSAL:
@@ -64,10 +68,31 @@ def _sparse_kv_fwd(Q, K, V, QUERY, SLOT, WORK_ROW, WORK_START, OFFSETS, O_PART, 
         o = tl.dot(p.to(b_v.dtype), b_v) * tl.where(l > 0, 1.0 / l_safe, 0.0)[:, None]
         lse = tl.where(l > 0, (m_safe + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
         # -- write the partials once, at each query's (slot, head)
-        part = (tl.load(SLOT + e, mask=m_row, other=0).to(tl.int64) * R + i_r) * G + g
+        part = (slot.to(tl.int64) * R + i_r) * G + g
         tl.store(O_PART + part[:, None] * HEAD_DIM + offs_d[None, :], o.to(O_PART.dtype.element_ty),
                  mask=m_row[:, None])
         tl.store(LSE_PART + part, lse, mask=m_row)
+        if PREFETCH:
+            m_row, t, slot, b_q = n_row, n_t, n_slot, n_q
+            n_row, n_t, n_slot = nn_row, nn_t, nn_slot
+
+
+@triton.jit
+def _chunk_ids(QUERY, SLOT, first, end, offs_m, CHUNK, G):
+    """The chunk that starts at CSR entry `first`: (row mask, query, slot) of each of its rows."""
+    e = first + offs_m // G
+    m_row = (offs_m < CHUNK * G) & (e < end)
+    t = tl.load(QUERY + e, mask=m_row, other=0)
+    slot = tl.load(SLOT + e, mask=m_row, other=0)
+    return m_row, t, slot
+
+
+@triton.jit
+def _gather_q(p_q, t, m_row, stride_qt, UPCAST: tl.constexpr):
+    b_q = tl.load(p_q + t.to(tl.int64)[:, None] * stride_qt, mask=m_row[:, None], other=0.0)
+    if UPCAST:
+        b_q = b_q.to(tl.float32)
+    return b_q
 
 
 @triton.jit
@@ -137,7 +162,7 @@ def plan(sel, S, block_size, G, block_m=64, chunks_per_program=16):
     return KVPlan(csr, rows, starts, block_m, chunk, chunk * chunks_per_program)
 
 
-def partials(q, k, v, sel_shape, kv_plan, block_size, causal, scale, num_warps=4, num_stages=1):
+def partials(q, k, v, sel_shape, kv_plan, block_size, causal, scale, num_warps=4, num_stages=1, prefetch=True):
     """The KV-outer kernel: (o_part [B*HI*T*K, R, G, D], lse_part [B*HI*T*K, R, G]) per (query, slot)."""
     B, HQ, T, D = q.shape
     HKV, S, HI, K = k.shape[1], k.shape[2], sel_shape[1], sel_shape[3]
@@ -151,8 +176,8 @@ def partials(q, k, v, sel_shape, kv_plan, block_size, causal, scale, num_warps=4
                                          o_part, lse_part, q.stride(0), q.stride(1), q.stride(2),
                                          k.stride(0), k.stride(1), k.stride(2), T, S, NB, HI, R, G, p.chunk,
                                          p.entries_per_program, scale * LOG2E, CAUSAL=causal, BS=block_size,
-                                         BLOCK_M=p.block_m, HEAD_DIM=D, UPCAST=UPCAST, num_warps=num_warps,
-                                         num_stages=num_stages)
+                                         BLOCK_M=p.block_m, HEAD_DIM=D, UPCAST=UPCAST, PREFETCH=prefetch,
+                                         num_warps=num_warps, num_stages=num_stages)
     return o_part, lse_part
 
 

@@ -1,0 +1,116 @@
+"""Kernel variants side by side on a GPU, one process: the KV-outer pieces and the indexer.
+
+Usage (GPU only): python3 scripts/sweep_prefill.py [--repeats N] > sweep.txt
+Each variant is checked against the recorded version (scripts/variants/) before it is timed.
+"""
+import argparse
+import sys
+import time
+
+import torch
+
+import m3lite as m3
+from m3lite.attention import attention_flops
+from m3lite.attention.kv_order import BlockCSR
+from m3lite.attention.sparse import unique_selection
+from m3lite.bench.prefill import CASES, attended_tokens, case_inputs, case_name, relative_error, time_ms
+from m3lite.kernels import indexer as ix
+from m3lite.kernels import sparse_kv as kv
+
+sys.path.insert(0, "scripts/variants")
+import sparse_kv_v1 as kv_v1  # noqa: E402  (the kernel as of the last recorded benchmark)
+
+
+def csr_without_sync(sel, num_blocks):
+    """build_block_csr without boolean indexing: unselected entries sort to the end, past every row."""
+    B, HI, T, K = sel.shape
+    rows = B * HI * num_blocks
+    flat = sel.reshape(B * HI, T * K)
+    base = torch.arange(B * HI, device=sel.device, dtype=torch.int32)[:, None] * num_blocks
+    key = torch.where(flat >= 0, base + flat, rows).reshape(-1)
+    entry = torch.argsort(key, stable=True)
+    offsets = torch.zeros(rows + 1, dtype=torch.long, device=sel.device)
+    offsets[1:] = torch.bincount(key, minlength=rows + 1)[:rows].cumsum(0)
+    return BlockCSR(offsets, (entry // K) % T, entry % K, entry)
+
+
+def plan_without_sync(sel, S, BS, G, block_m=64, chunks_per_program=16):
+    csr = csr_without_sync(sel, -(-S // BS))
+    chunk = block_m // G
+    rows, starts = kv.work_list(csr.offsets, chunk * chunks_per_program)
+    return kv.KVPlan(csr, rows, starts, block_m, chunk, chunk * chunks_per_program)
+
+
+def kv_sweep(case, pattern, repeats):
+    q, k, v, _, _, sel = case_inputs(case, pattern)
+    sel = unique_selection(sel)
+    T, BS, D, G, K = case["T"], case["BS"], case["D"], case["HQ"] // case["HKV"], case["K"]
+    HI, scale = sel.shape[1], case["D"] ** -0.5
+    useful = attention_flops(G, attended_tokens(sel, T, T, BS), D)
+    print(f"{case_name(case)} {pattern}: useful {useful / 1e12:.2f} TFLOP", flush=True)
+    p1 = kv_v1.plan(sel, T, BS, G)
+    o1, l1 = kv_v1.partials(q, k, v, sel.shape, p1, BS, True, scale)
+    ref, _ = kv_v1.combine(o1, l1, q.shape, HI, K)
+    rows = [("v1 plan", lambda: kv_v1.plan(sel, T, BS, G), None),
+            ("plan", lambda: kv.plan(sel, T, BS, G), None),
+            ("plan without sync", lambda: plan_without_sync(sel, T, BS, G), None),
+            ("v1 partials bm64 c16 w4", lambda: kv_v1.partials(q, k, v, sel.shape, p1, BS, True, scale), p1)]
+    for bm, c, w, st, pf in [(64, 16, 4, 1, False), (64, 16, 4, 2, False), (64, 16, 4, 3, False),
+                             (64, 16, 4, 1, True), (64, 32, 4, 1, True), (64, 8, 4, 1, True), (128, 8, 8, 1, True)]:
+        p = kv.plan(sel, T, BS, G, block_m=bm, chunks_per_program=c)
+        rows.append((f"partials bm{bm} c{c} w{w} s{st} prefetch={pf}",
+                     lambda p=p, w=w, st=st, pf=pf: kv.partials(q, k, v, sel.shape, p, BS, True, scale, num_warps=w,
+                                                                num_stages=st, prefetch=pf), p))
+    p_ns = plan_without_sync(sel, T, BS, G)
+    rows.append(("partials bm64 c16 w4 prefetch=True, plan without sync",
+                 lambda: kv.partials(q, k, v, sel.shape, p_ns, BS, True, scale), p_ns))
+    rows.append(("combine", lambda: kv.combine(o1, l1, q.shape, HI, K), None))
+    for name, fn, p in rows:
+        err = ""
+        if p is not None:
+            o_part, lse_part = fn()
+            out, _ = kv.combine(o_part, lse_part, q.shape, HI, K)
+            err = f"err vs v1 {relative_error(out, ref):.1e}"
+        ms = time_ms(fn, repeats)
+        rate = f"{useful / ms / 1e9:6.1f} TFLOP/s" if p is not None else ""
+        print(f"  {name:55s} {ms:8.2f} ms {rate} {err}", flush=True)
+    del q, k, v, sel, o1, l1, ref
+    torch.cuda.empty_cache()
+
+
+def indexer_sweep(case, repeats):
+    q, k, v, iq, ik, sel = case_inputs(case, "locality")
+    del q, k, v
+    BS, K = case["BS"], case["K"]
+    scale = iq.shape[-1] ** -0.5
+    ref = ix.block_scores(iq, ik, BS, True, scale)
+    finite = torch.isfinite(ref)
+    print(f"{case_name(case)} indexer", flush=True)
+    for bm, bn, w, st in [(64, 64, 4, 2), (128, 64, 8, 2), (128, 128, 8, 2), (128, 64, 4, 3), (64, 128, 4, 2),
+                          (128, 128, 8, 3), (128, 64, 8, 3)]:
+        fn = lambda: ix.block_scores(iq, ik, BS, True, scale, block_m=bm, block_n=bn, num_warps=w, num_stages=st)
+        out = fn()
+        same = torch.equal(torch.isfinite(out), finite)
+        err = (out[finite] - ref[finite]).abs().max().item()
+        print(f"  block_scores bm{bm} bn{bn} w{w} s{st}: {time_ms(fn, repeats):8.2f} ms  (max diff {err:.1e}, "
+              f"same -inf {same})", flush=True)
+    print(f"  select_blocks: {time_ms(lambda: ix.select_blocks(ref, K, True), repeats):8.2f} ms", flush=True)
+    del iq, ik, sel, ref
+    torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--cases", type=int, nargs="+", default=[1, 3, 4, 2])
+    parser.add_argument("--indexer-cases", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    print(m3.env.describe(), flush=True)
+    t0 = time.time()
+    for i in args.cases:
+        kv_sweep(CASES[i], "random", args.repeats)
+        print(f"  [{time.time() - t0:.0f} s]", flush=True)
+    kv_sweep(CASES[1], "locality", args.repeats)
+    for i in args.indexer_cases:
+        indexer_sweep(CASES[i], args.repeats)
+        print(f"  [{time.time() - t0:.0f} s]", flush=True)

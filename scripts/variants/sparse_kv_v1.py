@@ -1,0 +1,183 @@
+"""KV-outer sparse attention ("KV outer, gather Q"): a program loads one KV block once and attends
+chunks of the queries that chose it, with an exact softmax over that one block; every
+(query, slot) partial (o, lse) is written once; a combine kernel then merges each query's partials.
+
+Twin: sparse_attention(order="kv") (m3lite/attention/kv_order.py), which uses the same CSR.
+"""
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from m3lite.attention.kv_order import BlockCSR, build_block_csr
+from m3lite.kernels.common import LOG2E, UPCAST, new_output, next_pow2
+
+
+@triton.jit
+def _sparse_kv_fwd(Q, K, V, QUERY, SLOT, WORK_ROW, WORK_START, OFFSETS, O_PART, LSE_PART,
+                   stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_ks,
+                   T, S, NB, HI, R, G, CHUNK, ENTRIES_PER_PROGRAM, qk_scale,
+                   CAUSAL: tl.constexpr, BS: tl.constexpr, BLOCK_M: tl.constexpr,
+                   HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr):
+    i_w, i_r = tl.program_id(0), tl.program_id(1)
+    row = tl.load(WORK_ROW + i_w)                                      # a (batch, index head, block)
+    start = tl.load(WORK_START + i_w)
+    end = tl.minimum(tl.load(OFFSETS + row + 1), start + ENTRIES_PER_PROGRAM)
+    i_b, i_hi, j = (row // (HI * NB)).to(tl.int64), (row // NB) % HI, row % NB
+    i_kv = i_hi * R + i_r
+    offs_d = tl.arange(0, HEAD_DIM)
+    # -- load the KV block once, for all the chunks of queries below
+    cols = j * BS + tl.arange(0, BS)
+    p_kv = i_b * stride_kb + i_kv.to(tl.int64) * stride_kh
+    b_k = tl.load(K + p_kv + cols[None, :] * stride_ks + offs_d[:, None], mask=cols[None, :] < S, other=0.0)
+    b_v = tl.load(V + p_kv + cols[:, None] * stride_ks + offs_d[None, :], mask=cols[:, None] < S, other=0.0)
+    if UPCAST:
+        b_k, b_v = b_k.to(tl.float32), b_v.to(tl.float32)
+    # row m of a Q tile is head g of the chunk's query m // G
+    offs_m = tl.arange(0, BLOCK_M)
+    g = offs_m % G
+    p_q = Q + i_b * stride_qb + (i_kv * G + g).to(tl.int64)[:, None] * stride_qh + offs_d[None, :]
+    for first in range(start, end, CHUNK):
+        e = first + offs_m // G
+        m_row = (offs_m < CHUNK * G) & (e < end)
+        t = tl.load(QUERY + e, mask=m_row, other=0)
+        # -- gather Q
+        b_q = tl.load(p_q + t.to(tl.int64)[:, None] * stride_qt, mask=m_row[:, None], other=0.0)
+        if UPCAST:
+            b_q = b_q.to(tl.float32)
+        # -- exact softmax over this one block: no running max, no rescaling
+        s = tl.dot(b_q, b_k)                                            # [BLOCK_M, BS], unscaled
+        needs_mask = (j + 1) * BS > S                                   # a partial last block
+        if CAUSAL:  # the chunk's first query is its earliest (CSR rows are in query order)
+            needs_mask = needs_mask | ((j + 1) * BS - 1 > tl.load(QUERY + first) + S - T)
+        if needs_mask:
+            visible = cols[None, :] < S
+            if CAUSAL:
+                visible = visible & (cols[None, :] <= (t + S - T)[:, None])
+            s = tl.where(visible, s, float("-inf"))
+        m = tl.max(s, 1)
+        m_safe = tl.where(m == float("-inf"), 0.0, m) * qk_scale
+        p = tl.exp2(s * qk_scale - m_safe[:, None])                    # one fused multiply-add each
+        l = tl.sum(p, 1)
+        l_safe = tl.where(l > 0, l, 1.0)                                # a query that sees none of the block
+        o = tl.dot(p.to(b_v.dtype), b_v) * tl.where(l > 0, 1.0 / l_safe, 0.0)[:, None]
+        lse = tl.where(l > 0, (m_safe + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+        # -- write the partials once, at each query's (slot, head)
+        part = (tl.load(SLOT + e, mask=m_row, other=0).to(tl.int64) * R + i_r) * G + g
+        tl.store(O_PART + part[:, None] * HEAD_DIM + offs_d[None, :], o.to(O_PART.dtype.element_ty),
+                 mask=m_row[:, None])
+        tl.store(LSE_PART + part, lse, mask=m_row)
+
+
+@triton.jit
+def _combine_fwd(O_PART, LSE_PART, O, LSE, stride_ob, stride_oh, stride_ot, T, HI, NUM_SLOTS,
+                 HEADS: tl.constexpr, BLOCK_R: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Merge the NUM_SLOTS partials of each (query, head) like split-KV decoding.
+
+    A program takes BLOCK_R consecutive (query, head) rows of one (batch, index head).
+    """
+    i_r, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)           # i_bh = b * HI + hi
+    offs_r = i_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_d = tl.arange(0, HEAD_DIM)
+    t, h = offs_r // HEADS, offs_r % HEADS
+    m_r = t < T
+    first_part = ((i_bh * T + t) * NUM_SLOTS) * HEADS + h                 # slot 0 of each row
+    m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_R], tl.float32)
+    acc = tl.zeros([BLOCK_R, HEAD_DIM], tl.float32)
+    for slot in range(NUM_SLOTS):
+        part = first_part + slot * HEADS
+        lse = tl.load(LSE_PART + part, mask=m_r, other=float("-inf"))
+        used = lse > float("-inf")
+        o = tl.load(O_PART + part[:, None] * HEAD_DIM + offs_d[None, :], mask=used[:, None], other=0.0)
+        m_new = tl.maximum(m_i, lse)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_safe)
+        w = tl.exp(lse - m_safe)
+        l_i = l_i * alpha + w
+        acc = acc * alpha[:, None] + w[:, None] * o.to(tl.float32)
+        m_i = m_new
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    i_b, i_hi = i_bh // HI, i_bh % HI
+    heads = i_hi * HEADS + h
+    tl.store(O + i_b * stride_ob + heads[:, None] * stride_oh + t[:, None] * stride_ot + offs_d[None, :],
+             (acc / l_safe[:, None]).to(O.dtype.element_ty), mask=m_r[:, None])
+    tl.store(LSE + (i_b * HI * HEADS + heads) * T + t,
+             tl.where(l_i > 0, m_i + tl.log(l_safe), float("-inf")), mask=m_r)
+
+
+def work_list(offsets, chunk):
+    """Split every CSR row into pieces of at most `chunk` entries: (row, first entry) per program."""
+    counts = offsets.diff()
+    chunks = (counts + chunk - 1) // chunk
+    rows = torch.repeat_interleave(torch.arange(len(counts), device=offsets.device), chunks)
+    first_chunk = torch.cumsum(chunks, 0) - chunks
+    index_in_row = torch.arange(len(rows), device=offsets.device) - first_chunk[rows]
+    return rows, offsets[rows] + index_in_row * chunk
+
+
+class KVPlan(NamedTuple):
+    """What the KV-outer kernel needs besides q, k, v: the CSR and the list of programs."""
+    csr: BlockCSR              # csr.entry: where each entry's partial goes
+    rows: torch.Tensor         # [programs] the CSR row (batch, index head, block) of each program
+    starts: torch.Tensor       # [programs] the program's first CSR entry
+    block_m: int               # (query, head) rows per tile
+    chunk: int                 # queries per tile
+    entries_per_program: int
+
+
+def plan(sel, S, block_size, G, block_m=64, chunks_per_program=16):
+    """Invert the selection on the GPU and cut every block's query list into programs."""
+    NB = triton.cdiv(S, block_size)
+    csr = build_block_csr(sel, NB)
+    block_m = max(block_m, next_pow2(G))
+    chunk = block_m // G
+    rows, starts = work_list(csr.offsets, chunk * chunks_per_program)
+    return KVPlan(csr, rows, starts, block_m, chunk, chunk * chunks_per_program)
+
+
+def partials(q, k, v, sel_shape, kv_plan, block_size, causal, scale, num_warps=4, num_stages=1):
+    """The KV-outer kernel: (o_part [B*HI*T*K, R, G, D], lse_part [B*HI*T*K, R, G]) per (query, slot)."""
+    B, HQ, T, D = q.shape
+    HKV, S, HI, K = k.shape[1], k.shape[2], sel_shape[1], sel_shape[3]
+    G, R, NB = HQ // HKV, HKV // HI, triton.cdiv(S, block_size)
+    part_dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.float32
+    o_part = new_output((B * HI * T * K, R, G, D), part_dtype, q.device)   # unused slots are never read
+    lse_part = torch.full((B * HI * T * K, R, G), float("-inf"), dtype=torch.float32, device=q.device)
+    p = kv_plan
+    if len(p.rows):
+        _sparse_kv_fwd[(len(p.rows), R)](q, k, v, p.csr.query, p.csr.entry, p.rows, p.starts, p.csr.offsets,
+                                         o_part, lse_part, q.stride(0), q.stride(1), q.stride(2),
+                                         k.stride(0), k.stride(1), k.stride(2), T, S, NB, HI, R, G, p.chunk,
+                                         p.entries_per_program, scale * LOG2E, CAUSAL=causal, BS=block_size,
+                                         BLOCK_M=p.block_m, HEAD_DIM=D, UPCAST=UPCAST, num_warps=num_warps,
+                                         num_stages=num_stages)
+    return o_part, lse_part
+
+
+def combine(o_part, lse_part, q_shape, HI, K, block_r=128, num_warps=4, num_stages=2):
+    """Merge each query's K partials: (out [B, HQ, T, D] in the partials' dtype, lse [B, HQ, T])."""
+    B, HQ, T, D = q_shape
+    out = new_output(q_shape, o_part.dtype, o_part.device)
+    lse = new_output((B, HQ, T), torch.float32, o_part.device)
+    heads = HQ // HI
+    grid = (triton.cdiv(T * heads, block_r), B * HI)
+    _combine_fwd[grid](o_part, lse_part, out, lse, out.stride(0), out.stride(1), out.stride(2),
+                       T, HI, K, HEADS=heads, BLOCK_R=block_r, HEAD_DIM=D, num_warps=num_warps,
+                       num_stages=num_stages)
+    return out, lse
+
+
+def sparse_attention_kv(q, k, v, sel, block_size, causal, scale):
+    """(out [B, HQ, T, D], lse [B, HQ, T] float32); inputs validated, sel without repeated ids.
+
+    A program loads one KV block and attends chunks of the queries that chose it, each chunk a
+    [block_m, D] tile of (query, head) rows. Partials are kept in the input dtype for fp16/bf16
+    (half the traffic) and float32 otherwise.
+    """
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    kv_plan = plan(sel, k.shape[2], block_size, q.shape[1] // k.shape[1])
+    o_part, lse_part = partials(q, k, v, sel.shape, kv_plan, block_size, causal, scale)
+    out, lse = combine(o_part, lse_part, q.shape, sel.shape[1], sel.shape[3])
+    return out.to(q.dtype), lse
