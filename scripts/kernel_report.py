@@ -52,11 +52,11 @@ def compile_report(fn, pointers, values, constexprs, num_warps, num_stages):
 
 def kv_report(options):
     from m3lite.kernels import sparse_kv as kv
-    pointers = dict(Q="*bf16", K="*bf16", V="*bf16", QUERY="*i32", SLOT="*i64", WORK_ROW="*i64",
+    pointers = dict(Q="*bf16", K="*bf16", V="*bf16", ENTRIES="*i32", WORK_ROW="*i64",
                     WORK_START="*i64", OFFSETS="*i64", O_PART="*bf16", LSE_PART="*fp32")
     T, D, BS = 65536, 128, 128
     values = dict(stride_qb=64 * T * D, stride_qh=T * D, stride_qt=D, stride_kb=4 * T * D, stride_kh=T * D,
-                  stride_ks=D, T=T, S=T, NB=T // BS, HI=4, R=1, G=16, CHUNK=4, ENTRIES_PER_PROGRAM=64,
+                  stride_ks=D, T=T, S=T, NB=T // BS, HI=4, R=1, G=16, SLOTS=16, CHUNK=4, ENTRIES_PER_PROGRAM=64,
                   qk_scale=0.1)
     constexprs = dict(CAUSAL=True, BS=BS, BLOCK_M=64, HEAD_DIM=D, UPCAST=False, PREFETCH=True)
     return kv._sparse_kv_fwd, pointers, values, constexprs

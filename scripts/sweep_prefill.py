@@ -11,7 +11,6 @@ import torch
 
 import m3lite as m3
 from m3lite.attention import attention_flops
-from m3lite.attention.kv_order import BlockCSR
 from m3lite.attention.sparse import unique_selection
 from m3lite.bench.prefill import CASES, attended_tokens, case_inputs, case_name, relative_error, time_ms
 from m3lite.kernels import indexer as ix
@@ -19,26 +18,6 @@ from m3lite.kernels import sparse_kv as kv
 
 sys.path.insert(0, "scripts/variants")
 import sparse_kv_v1 as kv_v1  # noqa: E402  (the kernel as of the last recorded benchmark)
-
-
-def csr_without_sync(sel, num_blocks):
-    """build_block_csr without boolean indexing: unselected entries sort to the end, past every row."""
-    B, HI, T, K = sel.shape
-    rows = B * HI * num_blocks
-    flat = sel.reshape(B * HI, T * K)
-    base = torch.arange(B * HI, device=sel.device, dtype=torch.int32)[:, None] * num_blocks
-    key = torch.where(flat >= 0, base + flat, rows).reshape(-1)
-    entry = torch.argsort(key, stable=True)
-    offsets = torch.zeros(rows + 1, dtype=torch.long, device=sel.device)
-    offsets[1:] = torch.bincount(key, minlength=rows + 1)[:rows].cumsum(0)
-    return BlockCSR(offsets, (entry // K) % T, entry % K, entry)
-
-
-def plan_without_sync(sel, S, BS, G, block_m=64, chunks_per_program=16):
-    csr = csr_without_sync(sel, -(-S // BS))
-    chunk = block_m // G
-    rows, starts = kv.work_list(csr.offsets, chunk * chunks_per_program)
-    return kv.KVPlan(csr, rows, starts, block_m, chunk, chunk * chunks_per_program)
 
 
 def kv_sweep(case, pattern, repeats):
@@ -53,18 +32,17 @@ def kv_sweep(case, pattern, repeats):
     ref, _ = kv_v1.combine(o1, l1, q.shape, HI, K)
     rows = [("v1 plan", lambda: kv_v1.plan(sel, T, BS, G), None),
             ("plan", lambda: kv.plan(sel, T, BS, G), None),
-            ("plan without sync", lambda: plan_without_sync(sel, T, BS, G), None),
+            ("plan by query", lambda: kv.plan(sel, T, BS, G, by_query=True), None),
             ("v1 partials bm64 c16 w4", lambda: kv_v1.partials(q, k, v, sel.shape, p1, BS, True, scale), p1)]
-    for bm, c, w, st, pf in [(64, 16, 4, 1, False), (64, 16, 4, 2, False), (64, 16, 4, 3, False),
-                             (64, 16, 4, 1, True), (64, 32, 4, 1, True), (64, 8, 4, 1, True), (128, 8, 8, 1, True)]:
-        p = kv.plan(sel, T, BS, G, block_m=bm, chunks_per_program=c)
-        rows.append((f"partials bm{bm} c{c} w{w} s{st} prefetch={pf}",
-                     lambda p=p, w=w, st=st, pf=pf: kv.partials(q, k, v, sel.shape, p, BS, True, scale, num_warps=w,
-                                                                num_stages=st, prefetch=pf), p))
-    p_ns = plan_without_sync(sel, T, BS, G)
-    rows.append(("partials bm64 c16 w4 prefetch=True, plan without sync",
-                 lambda: kv.partials(q, k, v, sel.shape, p_ns, BS, True, scale), p_ns))
-    rows.append(("combine", lambda: kv.combine(o1, l1, q.shape, HI, K), None))
+    for c, st, pf, bq in [(16, 1, False, False), (32, 1, True, False), (32, 1, False, False), (64, 1, True, False),
+                          (32, 1, True, True), (16, 1, True, True), (8, 1, True, True), (32, 1, False, True)]:
+        p = kv.plan(sel, T, BS, G, chunks_per_program=c, by_query=bq)
+        rows.append((f"partials c{c} s{st} prefetch={pf} by_query={bq}",
+                     lambda p=p, st=st, pf=pf: kv.partials(q, k, v, sel.shape, p, BS, True, scale, num_stages=st,
+                                                           prefetch=pf), p))
+    for r, w, st in [(128, 4, 2), (128, 4, 3), (256, 8, 2), (64, 2, 2)]:
+        rows.append((f"combine r{r} w{w} s{st}", lambda r=r, w=w, st=st: kv.combine(o1, l1, q.shape, HI, K, r, w, st),
+                     None))
     for name, fn, p in rows:
         err = ""
         if p is not None:
@@ -86,8 +64,7 @@ def indexer_sweep(case, repeats):
     ref = ix.block_scores(iq, ik, BS, True, scale)
     finite = torch.isfinite(ref)
     print(f"{case_name(case)} indexer", flush=True)
-    for bm, bn, w, st in [(64, 64, 4, 2), (128, 64, 8, 2), (128, 128, 8, 2), (128, 64, 4, 3), (64, 128, 4, 2),
-                          (128, 128, 8, 3), (128, 64, 8, 3)]:
+    for bm, bn, w, st in [(64, 64, 4, 2), (128, 64, 8, 3), (128, 32, 8, 3), (256, 64, 8, 3), (128, 64, 8, 4)]:
         fn = lambda: ix.block_scores(iq, ik, BS, True, scale, block_m=bm, block_n=bn, num_warps=w, num_stages=st)
         out = fn()
         same = torch.equal(torch.isfinite(out), finite)

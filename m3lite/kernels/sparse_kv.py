@@ -2,7 +2,8 @@
 chunks of the queries that chose it, with an exact softmax over that one block; every
 (query, slot) partial (o, lse) is written once; a combine kernel then merges each query's partials.
 
-Twin: sparse_attention(order="kv") (m3lite/attention/kv_order.py), which uses the same CSR.
+Twin: sparse_attention(order="kv") (m3lite/attention/kv_order.py), which inverts the selection
+the same way (build_block_csr); `block_entries` below is that inversion written to stay on the GPU.
 """
 from typing import NamedTuple
 
@@ -10,14 +11,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ..attention.kv_order import BlockCSR, build_block_csr
 from .common import LOG2E, UPCAST, new_output, next_pow2
 
 
 @triton.jit
-def _sparse_kv_fwd(Q, K, V, QUERY, SLOT, WORK_ROW, WORK_START, OFFSETS, O_PART, LSE_PART,
+def _sparse_kv_fwd(Q, K, V, ENTRIES, WORK_ROW, WORK_START, OFFSETS, O_PART, LSE_PART,
                    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_ks,
-                   T, S, NB, HI, R, G, CHUNK, ENTRIES_PER_PROGRAM, qk_scale,
+                   T, S, NB, HI, R, G, SLOTS, CHUNK, ENTRIES_PER_PROGRAM, qk_scale,
                    CAUSAL: tl.constexpr, BS: tl.constexpr, BLOCK_M: tl.constexpr,
                    HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, PREFETCH: tl.constexpr):
     i_w, i_r = tl.program_id(0), tl.program_id(1)
@@ -40,15 +40,15 @@ def _sparse_kv_fwd(Q, K, V, QUERY, SLOT, WORK_ROW, WORK_START, OFFSETS, O_PART, 
     p_q = Q + i_b * stride_qb + (i_kv * G + g).to(tl.int64)[:, None] * stride_qh + offs_d[None, :]
     if PREFETCH:  # pipelined by hand: the next chunk's Q tile (and the one after's ids) are
         # requested before this chunk's math, so their memory latency overlaps it
-        m_row, t, slot = _chunk_ids(QUERY, SLOT, start, end, offs_m, CHUNK, G)
+        m_row, t, slot = _chunk_ids(ENTRIES, T, SLOTS, start, end, offs_m, CHUNK, G)
         b_q = _gather_q(p_q, t, m_row, stride_qt, UPCAST)
-        n_row, n_t, n_slot = _chunk_ids(QUERY, SLOT, start + CHUNK, end, offs_m, CHUNK, G)
+        n_row, n_t, n_slot = _chunk_ids(ENTRIES, T, SLOTS, start + CHUNK, end, offs_m, CHUNK, G)
     for first in range(start, end, CHUNK):
         if PREFETCH:
             n_q = _gather_q(p_q, n_t, n_row, stride_qt, UPCAST)
-            nn_row, nn_t, nn_slot = _chunk_ids(QUERY, SLOT, first + 2 * CHUNK, end, offs_m, CHUNK, G)
+            nn_row, nn_t, nn_slot = _chunk_ids(ENTRIES, T, SLOTS, first + 2 * CHUNK, end, offs_m, CHUNK, G)
         else:
-            m_row, t, slot = _chunk_ids(QUERY, SLOT, first, end, offs_m, CHUNK, G)
+            m_row, t, slot = _chunk_ids(ENTRIES, T, SLOTS, first, end, offs_m, CHUNK, G)
             b_q = _gather_q(p_q, t, m_row, stride_qt, UPCAST)
         # -- exact softmax over this one block: no running max, no rescaling
         s = tl.dot(b_q, b_k)                                            # [BLOCK_M, BS], unscaled
@@ -78,13 +78,12 @@ def _sparse_kv_fwd(Q, K, V, QUERY, SLOT, WORK_ROW, WORK_START, OFFSETS, O_PART, 
 
 
 @triton.jit
-def _chunk_ids(QUERY, SLOT, first, end, offs_m, CHUNK, G):
-    """The chunk that starts at CSR entry `first`: (row mask, query, slot) of each of its rows."""
+def _chunk_ids(ENTRIES, T, SLOTS, first, end, offs_m, CHUNK, G):
+    """The chunk that starts at entry `first`: (row mask, query, flat index into sel) of each row."""
     e = first + offs_m // G
     m_row = (offs_m < CHUNK * G) & (e < end)
-    t = tl.load(QUERY + e, mask=m_row, other=0)
-    slot = tl.load(SLOT + e, mask=m_row, other=0)
-    return m_row, t, slot
+    slot = tl.load(ENTRIES + e, mask=m_row, other=0)
+    return m_row, (slot // SLOTS) % T, slot
 
 
 @triton.jit
@@ -142,24 +141,52 @@ def work_list(offsets, chunk):
     return rows, offsets[rows] + index_in_row * chunk
 
 
+def block_entries(sel, num_blocks):
+    """The selection inverted, without a host sync: (offsets [B*HI*NB + 1], entries int32).
+
+    entries lists flat indices into sel [B, HI, T, K], grouped by (batch, index head, block) and in
+    query order within each; row r's entries are entries[offsets[r]:offsets[r + 1]]. Unselected
+    slots (-1) sort past the last row instead of being filtered out, which would need a sync.
+    """
+    B, HI, T, K = sel.shape
+    num_rows = B * HI * num_blocks
+    flat = sel.reshape(B * HI, T * K)
+    first_row = torch.arange(B * HI, device=sel.device, dtype=torch.int32)[:, None] * num_blocks
+    row = torch.where(flat >= 0, first_row + flat, num_rows).reshape(-1)
+    key = row.to(torch.int16) if num_rows < 2 ** 15 else row                  # fewer radix-sort passes
+    entries = torch.argsort(key, stable=True).to(torch.int32)                  # stable: query order
+    offsets = torch.zeros(num_rows + 1, dtype=torch.long, device=sel.device)
+    offsets[1:] = torch.bincount(row, minlength=num_rows + 1)[:num_rows].cumsum(0)
+    return offsets, entries
+
+
 class KVPlan(NamedTuple):
-    """What the KV-outer kernel needs besides q, k, v: the CSR and the list of programs."""
-    csr: BlockCSR              # csr.entry: where each entry's partial goes
-    rows: torch.Tensor         # [programs] the CSR row (batch, index head, block) of each program
-    starts: torch.Tensor       # [programs] the program's first CSR entry
+    """What the KV-outer kernel needs besides q, k, v: the inverted selection and the programs."""
+    offsets: torch.Tensor      # [B*HI*NB + 1] where each (batch, index head, block)'s entries start
+    entries: torch.Tensor      # int32: flat indices into sel, which are also where the partials go
+    rows: torch.Tensor         # [programs] the row (batch, index head, block) of each program
+    starts: torch.Tensor       # [programs] the program's first entry
     block_m: int               # (query, head) rows per tile
     chunk: int                 # queries per tile
     entries_per_program: int
 
 
-def plan(sel, S, block_size, G, block_m=64, chunks_per_program=16):
-    """Invert the selection on the GPU and cut every block's query list into programs."""
-    NB = triton.cdiv(S, block_size)
-    csr = build_block_csr(sel, NB)
+def plan(sel, S, block_size, G, block_m=64, chunks_per_program=32, by_query=False):
+    """Invert the selection on the GPU and cut every block's query list into programs.
+
+    by_query: launch the programs in the order of their first query rather than by block, so that
+    programs running at the same time gather nearby queries (which then come from the L2 cache).
+    """
+    B, HI, T, K = sel.shape
+    offsets, entries = block_entries(sel, triton.cdiv(S, block_size))
     block_m = max(block_m, next_pow2(G))
     chunk = block_m // G
-    rows, starts = work_list(csr.offsets, chunk * chunks_per_program)
-    return KVPlan(csr, rows, starts, block_m, chunk, chunk * chunks_per_program)
+    rows, starts = work_list(offsets, chunk * chunks_per_program)
+    if by_query:
+        first_query = (entries[starts].long() // K) % T
+        order = torch.argsort(first_query, stable=True)
+        rows, starts = rows[order], starts[order]
+    return KVPlan(offsets, entries, rows, starts, block_m, chunk, chunk * chunks_per_program)
 
 
 def partials(q, k, v, sel_shape, kv_plan, block_size, causal, scale, num_warps=4, num_stages=1, prefetch=True):
@@ -172,9 +199,9 @@ def partials(q, k, v, sel_shape, kv_plan, block_size, causal, scale, num_warps=4
     lse_part = torch.full((B * HI * T * K, R, G), float("-inf"), dtype=torch.float32, device=q.device)
     p = kv_plan
     if len(p.rows):
-        _sparse_kv_fwd[(len(p.rows), R)](q, k, v, p.csr.query, p.csr.entry, p.rows, p.starts, p.csr.offsets,
+        _sparse_kv_fwd[(len(p.rows), R)](q, k, v, p.entries, p.rows, p.starts, p.offsets,
                                          o_part, lse_part, q.stride(0), q.stride(1), q.stride(2),
-                                         k.stride(0), k.stride(1), k.stride(2), T, S, NB, HI, R, G, p.chunk,
+                                         k.stride(0), k.stride(1), k.stride(2), T, S, NB, HI, R, G, K, p.chunk,
                                          p.entries_per_program, scale * LOG2E, CAUSAL=causal, BS=block_size,
                                          BLOCK_M=p.block_m, HEAD_DIM=D, UPCAST=UPCAST, PREFETCH=prefetch,
                                          num_warps=num_warps, num_stages=num_stages)
