@@ -56,9 +56,9 @@ def kv_report(options):
                     WORK_START="*i64", OFFSETS="*i64", O_PART="*bf16", LSE_PART="*fp32")
     T, D, BS = 65536, 128, 128
     values = dict(stride_qb=64 * T * D, stride_qh=T * D, stride_qt=D, stride_kb=4 * T * D, stride_kh=T * D,
-                  stride_ks=D, T=T, S=T, NB=T // BS, HI=4, R=1, G=16, SLOTS=16, CHUNK=4, ENTRIES_PER_PROGRAM=64,
+                  stride_ks=D, T=T, S=T, NB=T // BS, HI=4, R=1, CHUNK=4, ENTRIES_PER_PROGRAM=64,
                   qk_scale=0.1)
-    constexprs = dict(CAUSAL=True, BS=BS, BLOCK_M=64, HEAD_DIM=D, UPCAST=False, PREFETCH=True)
+    constexprs = dict(G=16, SLOTS=16, CAUSAL=True, BS=BS, BLOCK_M=64, HEAD_DIM=D, UPCAST=False, PREFETCH=True)
     return kv._sparse_kv_fwd, pointers, values, constexprs
 
 

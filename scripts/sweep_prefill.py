@@ -20,7 +20,7 @@ sys.path.insert(0, "scripts/variants")
 import sparse_kv_v1 as kv_v1  # noqa: E402  (the kernel as of the last recorded benchmark)
 
 
-def kv_sweep(case, pattern, repeats):
+def kv_sweep(case, pattern, repeats, profile=False):
     q, k, v, _, _, sel = case_inputs(case, pattern)
     sel = unique_selection(sel)
     T, BS, D, G, K = case["T"], case["BS"], case["D"], case["HQ"] // case["HKV"], case["K"]
@@ -32,15 +32,12 @@ def kv_sweep(case, pattern, repeats):
     ref, _ = kv_v1.combine(o1, l1, q.shape, HI, K)
     rows = [("v1 plan", lambda: kv_v1.plan(sel, T, BS, G), None),
             ("plan", lambda: kv.plan(sel, T, BS, G), None),
-            ("plan by query", lambda: kv.plan(sel, T, BS, G, by_query=True), None),
             ("v1 partials bm64 c16 w4", lambda: kv_v1.partials(q, k, v, sel.shape, p1, BS, True, scale), p1)]
-    for c, st, pf, bq in [(16, 1, False, False), (32, 1, True, False), (32, 1, False, False), (64, 1, True, False),
-                          (32, 1, True, True), (16, 1, True, True), (8, 1, True, True), (32, 1, False, True)]:
-        p = kv.plan(sel, T, BS, G, chunks_per_program=c, by_query=bq)
-        rows.append((f"partials c{c} s{st} prefetch={pf} by_query={bq}",
-                     lambda p=p, st=st, pf=pf: kv.partials(q, k, v, sel.shape, p, BS, True, scale, num_stages=st,
-                                                           prefetch=pf), p))
-    for r, w, st in [(128, 4, 2), (128, 4, 3), (256, 8, 2), (64, 2, 2)]:
+    for c, pf in [(32, True), (32, False), (64, True), (64, False)]:
+        p = kv.plan(sel, T, BS, G, chunks_per_program=c)
+        rows.append((f"partials c{c} prefetch={pf}",
+                     lambda p=p, pf=pf: kv.partials(q, k, v, sel.shape, p, BS, True, scale, prefetch=pf), p))
+    for r, w, st in [(128, 4, 2)]:
         rows.append((f"combine r{r} w{w} s{st}", lambda r=r, w=w, st=st: kv.combine(o1, l1, q.shape, HI, K, r, w, st),
                      None))
     for name, fn, p in rows:
@@ -52,6 +49,13 @@ def kv_sweep(case, pattern, repeats):
         ms = time_ms(fn, repeats)
         rate = f"{useful / ms / 1e9:6.1f} TFLOP/s" if p is not None else ""
         print(f"  {name:55s} {ms:8.2f} ms {rate} {err}", flush=True)
+    if profile:
+        from torch.profiler import ProfilerActivity, profile as torch_profile
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                kv.plan(sel, T, BS, G)
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12), flush=True)
     del q, k, v, sel, o1, l1, ref
     torch.cuda.empty_cache()
 
@@ -80,14 +84,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--cases", type=int, nargs="+", default=[1, 3, 4, 2])
-    parser.add_argument("--indexer-cases", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--indexer-cases", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--profile-plan", action="store_true", help="print torch's profile of the plan")
     args = parser.parse_args()
     print(m3.env.describe(), flush=True)
     t0 = time.time()
     for i in args.cases:
-        kv_sweep(CASES[i], "random", args.repeats)
+        kv_sweep(CASES[i], "random", args.repeats, profile=args.profile_plan)
         print(f"  [{time.time() - t0:.0f} s]", flush=True)
-    kv_sweep(CASES[1], "locality", args.repeats)
     for i in args.indexer_cases:
         indexer_sweep(CASES[i], args.repeats)
         print(f"  [{time.time() - t0:.0f} s]", flush=True)

@@ -17,8 +17,8 @@ from .common import LOG2E, UPCAST, new_output, next_pow2
 @triton.jit
 def _sparse_kv_fwd(Q, K, V, ENTRIES, WORK_ROW, WORK_START, OFFSETS, O_PART, LSE_PART,
                    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_ks,
-                   T, S, NB, HI, R, G, SLOTS, CHUNK, ENTRIES_PER_PROGRAM, qk_scale,
-                   CAUSAL: tl.constexpr, BS: tl.constexpr, BLOCK_M: tl.constexpr,
+                   T, S, NB, HI, R, CHUNK, ENTRIES_PER_PROGRAM, qk_scale,
+                   G: tl.constexpr, SLOTS: tl.constexpr, CAUSAL: tl.constexpr, BS: tl.constexpr, BLOCK_M: tl.constexpr,
                    HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, PREFETCH: tl.constexpr):
     i_w, i_r = tl.program_id(0), tl.program_id(1)
     row = tl.load(WORK_ROW + i_w)                                      # a (batch, index head, block)
@@ -78,7 +78,7 @@ def _sparse_kv_fwd(Q, K, V, ENTRIES, WORK_ROW, WORK_START, OFFSETS, O_PART, LSE_
 
 
 @triton.jit
-def _chunk_ids(ENTRIES, T, SLOTS, first, end, offs_m, CHUNK, G):
+def _chunk_ids(ENTRIES, T, SLOTS: tl.constexpr, first, end, offs_m, CHUNK, G: tl.constexpr):
     """The chunk that starts at entry `first`: (row mask, query, flat index into sel) of each row."""
     e = first + offs_m // G
     m_row = (offs_m < CHUNK * G) & (e < end)
@@ -171,21 +171,12 @@ class KVPlan(NamedTuple):
     entries_per_program: int
 
 
-def plan(sel, S, block_size, G, block_m=64, chunks_per_program=32, by_query=False):
-    """Invert the selection on the GPU and cut every block's query list into programs.
-
-    by_query: launch the programs in the order of their first query rather than by block, so that
-    programs running at the same time gather nearby queries (which then come from the L2 cache).
-    """
-    B, HI, T, K = sel.shape
+def plan(sel, S, block_size, G, block_m=64, chunks_per_program=32):
+    """Invert the selection on the GPU and cut every block's query list into programs."""
     offsets, entries = block_entries(sel, triton.cdiv(S, block_size))
     block_m = max(block_m, next_pow2(G))
     chunk = block_m // G
     rows, starts = work_list(offsets, chunk * chunks_per_program)
-    if by_query:
-        first_query = (entries[starts].long() // K) % T
-        order = torch.argsort(first_query, stable=True)
-        rows, starts = rows[order], starts[order]
     return KVPlan(offsets, entries, rows, starts, block_m, chunk, chunk * chunks_per_program)
 
 
@@ -201,8 +192,8 @@ def partials(q, k, v, sel_shape, kv_plan, block_size, causal, scale, num_warps=4
     if len(p.rows):
         _sparse_kv_fwd[(len(p.rows), R)](q, k, v, p.entries, p.rows, p.starts, p.offsets,
                                          o_part, lse_part, q.stride(0), q.stride(1), q.stride(2),
-                                         k.stride(0), k.stride(1), k.stride(2), T, S, NB, HI, R, G, K, p.chunk,
-                                         p.entries_per_program, scale * LOG2E, CAUSAL=causal, BS=block_size,
+                                         k.stride(0), k.stride(1), k.stride(2), T, S, NB, HI, R, p.chunk,
+                                         p.entries_per_program, scale * LOG2E, G=G, SLOTS=K, CAUSAL=causal, BS=block_size,
                                          BLOCK_M=p.block_m, HEAD_DIM=D, UPCAST=UPCAST, PREFETCH=prefetch,
                                          num_warps=num_warps, num_stages=num_stages)
     return o_part, lse_part
