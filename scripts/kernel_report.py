@@ -58,7 +58,7 @@ def kv_report(options):
     values = dict(stride_qb=64 * T * D, stride_qh=T * D, stride_qt=D, stride_kb=4 * T * D, stride_kh=T * D,
                   stride_ks=D, T=T, S=T, NB=T // BS, HI=4, R=1, CHUNK=4, ENTRIES_PER_PROGRAM=64,
                   qk_scale=0.1)
-    constexprs = dict(G=16, SLOTS=16, CAUSAL=True, BS=BS, BLOCK_M=64, HEAD_DIM=D, UPCAST=False, PREFETCH=True)
+    constexprs = dict(G=16, SLOTS=16, CAUSAL=True, BS=BS, BLOCK_M=64, HEAD_DIM=D, UPCAST=False)
     return kv._sparse_kv_fwd, pointers, values, constexprs
 
 

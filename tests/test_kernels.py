@@ -67,8 +67,7 @@ def test_sparse_kernels_half_inputs_match_torch_twin(order, dtype):
 
 
 @pytest.mark.parametrize("block_m,chunks_per_program", [(16, 1), (16, 3), (32, 2)])
-@pytest.mark.parametrize("prefetch", [True, False])
-def test_kv_kernel_chunk_boundaries(block_m, chunks_per_program, prefetch):
+def test_kv_kernel_chunk_boundaries(block_m, chunks_per_program):
     """Small tiles: every block's queries span several programs, each of several chunks, the last
     ones partial, so the pipelined loop meets every boundary the benchmark sizes have."""
     from m3lite.attention.sparse import unique_selection
@@ -77,7 +76,7 @@ def test_kv_kernel_chunk_boundaries(block_m, chunks_per_program, prefetch):
     sel = unique_selection(sel.to(DEVICE))
     plan = kv.plan(sel, 70, 16, 2, block_m=block_m, chunks_per_program=chunks_per_program)
     assert (plan.offsets.diff() > plan.entries_per_program).any()       # rows split across programs
-    o_part, lse_part = kv.partials(q, k, v, sel.shape, plan, 16, True, 16 ** -0.5, prefetch=prefetch)
+    o_part, lse_part = kv.partials(q, k, v, sel.shape, plan, 16, True, 16 ** -0.5)
     out, lse = kv.combine(o_part, lse_part, q.shape, 2, 3)
     twin, twin_lse = m3.sparse_attention(q, k, v, sel, block_size=16, order="kv", backend="torch", return_lse=True)
     assert rel_error(out, twin) < TOL[torch.float32]

@@ -59,7 +59,7 @@ def _block_scores_fwd(IQ, IK, OUT,
         tl.store(p_out + j0 + offs_j[None, :], tile, mask=m_q[:, None] & (j0 + offs_j[None, :] < NB))
 
 
-def block_scores(iq, ik, block_size, causal, scale, block_m=64, block_n=64, num_warps=4, num_stages=2):
+def block_scores(iq, ik, block_size, causal, scale, block_m=128, block_n=64, num_warps=8, num_stages=3):
     """float32 [B, HI, T, NB] block scores; inputs as for m3lite.block_scores, already validated.
 
     A program scores `block_m` queries against every block, `block_n` keys at a time."""
@@ -100,7 +100,7 @@ def _select_blocks_fwd(SCORES, SEL, NB, TOP_K, stride_row, stride_sel,
     tl.store(SEL + i_row * stride_sel + offs_k, tl.where(was_visible, ids, -1), mask=offs_k < TOP_K)
 
 
-def select_blocks(scores, top_k, local):
+def select_blocks(scores, top_k, local, num_warps=4):
     """int32 [B, HI, T, top_k] selection; inputs as for m3lite.select_blocks, already validated."""
     B, HI, T, NB = scores.shape
     rows = scores.reshape(-1, NB).float().contiguous()
@@ -109,5 +109,5 @@ def select_blocks(scores, top_k, local):
     sel = torch.full((rows.shape[0], top_k), -1, dtype=torch.int32, device=scores.device)
     _select_blocks_fwd[(rows.shape[0],)](rows, sel, NB, min(top_k, k_pad), rows.stride(0), sel.stride(0),
                                         LOCAL=local, NB_PAD=nb_pad, K_PAD=k_pad,
-                                        NEG_INF_KEY=_sort_key(float("-inf")), num_warps=4)
+                                        NEG_INF_KEY=_sort_key(float("-inf")), num_warps=num_warps)
     return sel.view(B, HI, T, top_k)

@@ -18,8 +18,8 @@ from .common import LOG2E, UPCAST, new_output, next_pow2
 def _sparse_kv_fwd(Q, K, V, ENTRIES, WORK_ROW, WORK_START, OFFSETS, O_PART, LSE_PART,
                    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_ks,
                    T, S, NB, HI, R, CHUNK, ENTRIES_PER_PROGRAM, qk_scale,
-                   G: tl.constexpr, SLOTS: tl.constexpr, CAUSAL: tl.constexpr, BS: tl.constexpr, BLOCK_M: tl.constexpr,
-                   HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, PREFETCH: tl.constexpr):
+                   G: tl.constexpr, SLOTS: tl.constexpr, CAUSAL: tl.constexpr, BS: tl.constexpr,
+                   BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr):
     i_w, i_r = tl.program_id(0), tl.program_id(1)
     row = tl.load(WORK_ROW + i_w)                                      # a (batch, index head, block)
     start = tl.load(WORK_START + i_w)
@@ -38,22 +38,18 @@ def _sparse_kv_fwd(Q, K, V, ENTRIES, WORK_ROW, WORK_START, OFFSETS, O_PART, LSE_
     offs_m = tl.arange(0, BLOCK_M)
     g = offs_m % G
     p_q = Q + i_b * stride_qb + (i_kv * G + g).to(tl.int64)[:, None] * stride_qh + offs_d[None, :]
-    if PREFETCH:  # pipelined by hand: the next chunk's Q tile (and the one after's ids) are
-        # requested before this chunk's math, so their memory latency overlaps it
-        m_row, t, slot = _chunk_ids(ENTRIES, T, SLOTS, start, end, offs_m, CHUNK, G)
-        b_q = _gather_q(p_q, t, m_row, stride_qt, UPCAST)
-        n_row, n_t, n_slot = _chunk_ids(ENTRIES, T, SLOTS, start + CHUNK, end, offs_m, CHUNK, G)
+    # The loop is pipelined by hand: the next chunk's Q tile, and the one after's entries, are
+    # requested before this chunk's math, so that their memory latency hides behind it.
+    m_row, t, slot = _chunk_ids(ENTRIES, T, SLOTS, start, end, offs_m, CHUNK, G)
+    b_q = _gather_q(p_q, t, m_row, stride_qt, UPCAST)
+    n_row, n_t, n_slot = _chunk_ids(ENTRIES, T, SLOTS, start + CHUNK, end, offs_m, CHUNK, G)
     for first in range(start, end, CHUNK):
-        if PREFETCH:
-            n_q = _gather_q(p_q, n_t, n_row, stride_qt, UPCAST)
-            nn_row, nn_t, nn_slot = _chunk_ids(ENTRIES, T, SLOTS, first + 2 * CHUNK, end, offs_m, CHUNK, G)
-        else:
-            m_row, t, slot = _chunk_ids(ENTRIES, T, SLOTS, first, end, offs_m, CHUNK, G)
-            b_q = _gather_q(p_q, t, m_row, stride_qt, UPCAST)
+        n_q = _gather_q(p_q, n_t, n_row, stride_qt, UPCAST)
+        nn_row, nn_t, nn_slot = _chunk_ids(ENTRIES, T, SLOTS, first + 2 * CHUNK, end, offs_m, CHUNK, G)
         # -- exact softmax over this one block: no running max, no rescaling
         s = tl.dot(b_q, b_k)                                            # [BLOCK_M, BS], unscaled
         needs_mask = (j + 1) * BS > S                                   # a partial last block
-        if CAUSAL:  # rows are in query order: the chunk's first row is its earliest query
+        if CAUSAL:  # does the chunk's earliest query see less than the whole block?
             needs_mask = needs_mask | ((j + 1) * BS - 1 > tl.min(tl.where(m_row, t, T), 0) + S - T)
         if needs_mask:
             visible = cols[None, :] < S
@@ -72,9 +68,8 @@ def _sparse_kv_fwd(Q, K, V, ENTRIES, WORK_ROW, WORK_START, OFFSETS, O_PART, LSE_
         tl.store(O_PART + part[:, None] * HEAD_DIM + offs_d[None, :], o.to(O_PART.dtype.element_ty),
                  mask=m_row[:, None])
         tl.store(LSE_PART + part, lse, mask=m_row)
-        if PREFETCH:
-            m_row, t, slot, b_q = n_row, n_t, n_slot, n_q
-            n_row, n_t, n_slot = nn_row, nn_t, nn_slot
+        m_row, t, slot, b_q = n_row, n_t, n_slot, n_q                  # move the pipeline on
+        n_row, n_t, n_slot = nn_row, nn_t, nn_slot
 
 
 @triton.jit
@@ -154,10 +149,9 @@ def block_entries(sel, num_blocks):
     first_row = torch.arange(B * HI, device=sel.device, dtype=torch.int32)[:, None] * num_blocks
     row = torch.where(flat >= 0, first_row + flat, num_rows).reshape(-1)
     key = row.to(torch.int16) if num_rows < 2 ** 15 else row                  # fewer radix-sort passes
-    entries = torch.argsort(key, stable=True).to(torch.int32)                  # stable: query order
-    offsets = torch.zeros(num_rows + 1, dtype=torch.long, device=sel.device)
-    offsets[1:] = torch.bincount(row, minlength=num_rows + 1)[:num_rows].cumsum(0)
-    return offsets, entries
+    sorted_rows, entries = torch.sort(key, stable=True)                        # stable: query order
+    offsets = torch.searchsorted(sorted_rows, torch.arange(num_rows + 1, device=sel.device, dtype=key.dtype))
+    return offsets, entries.to(torch.int32)
 
 
 class KVPlan(NamedTuple):
@@ -171,7 +165,7 @@ class KVPlan(NamedTuple):
     entries_per_program: int
 
 
-def plan(sel, S, block_size, G, block_m=64, chunks_per_program=32):
+def plan(sel, S, block_size, G, block_m=64, chunks_per_program=64):
     """Invert the selection on the GPU and cut every block's query list into programs."""
     offsets, entries = block_entries(sel, triton.cdiv(S, block_size))
     block_m = max(block_m, next_pow2(G))
@@ -180,7 +174,7 @@ def plan(sel, S, block_size, G, block_m=64, chunks_per_program=32):
     return KVPlan(offsets, entries, rows, starts, block_m, chunk, chunk * chunks_per_program)
 
 
-def partials(q, k, v, sel_shape, kv_plan, block_size, causal, scale, num_warps=4, num_stages=1, prefetch=True):
+def partials(q, k, v, sel_shape, kv_plan, block_size, causal, scale, num_warps=4, num_stages=1):
     """The KV-outer kernel: (o_part [B*HI*T*K, R, G, D], lse_part [B*HI*T*K, R, G]) per (query, slot)."""
     B, HQ, T, D = q.shape
     HKV, S, HI, K = k.shape[1], k.shape[2], sel_shape[1], sel_shape[3]
@@ -194,7 +188,7 @@ def partials(q, k, v, sel_shape, kv_plan, block_size, causal, scale, num_warps=4
                                          o_part, lse_part, q.stride(0), q.stride(1), q.stride(2),
                                          k.stride(0), k.stride(1), k.stride(2), T, S, NB, HI, R, p.chunk,
                                          p.entries_per_program, scale * LOG2E, G=G, SLOTS=K, CAUSAL=causal, BS=block_size,
-                                         BLOCK_M=p.block_m, HEAD_DIM=D, UPCAST=UPCAST, PREFETCH=prefetch,
+                                         BLOCK_M=p.block_m, HEAD_DIM=D, UPCAST=UPCAST,
                                          num_warps=num_warps, num_stages=num_stages)
     return o_part, lse_part
 
