@@ -100,7 +100,7 @@ def _select_blocks_fwd(SCORES, SEL, NB, TOP_K, stride_row, stride_sel,
     tl.store(SEL + i_row * stride_sel + offs_k, tl.where(was_visible, ids, -1), mask=offs_k < TOP_K)
 
 
-def select_blocks(scores, top_k, local, num_warps=4):
+def select_blocks(scores, top_k, local, num_warps=1):
     """int32 [B, HI, T, top_k] selection; inputs as for m3lite.select_blocks, already validated."""
     B, HI, T, NB = scores.shape
     rows = scores.reshape(-1, NB).float().contiguous()
