@@ -116,7 +116,8 @@ def selection(sel, B, HKV, T, num_blocks, device):
         raise ValueError(f"the KV heads of k ({HKV}) must be a multiple of the selection heads of sel ({HI})")
     if K == 0:
         raise ValueError("sel must select at least one slot per query (K >= 1)")
-    lo, hi = int(sel.min()), int(sel.max())
+    lo, hi = torch.aminmax(sel)                                    # one pass over sel
+    lo, hi = int(lo), int(hi)
     if lo < -1 or hi >= num_blocks:
         raise ValueError(f"sel ids must lie in [-1, {num_blocks}) (NB = ceil(S / block_size)), got [{lo}, {hi}]")
     return HI, K

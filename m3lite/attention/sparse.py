@@ -90,7 +90,7 @@ def sparse_attention(q, k, v, sel, block_size=128, causal=True, scale=None, orde
     scale = D ** -0.5 if scale is None else scale
     if checks.backend(backend, q, k, v) == "triton":
         from .. import kernels
-        out, lse = kernels.sparse_attention(q, k, v, unique_selection(sel), block_size, causal, scale, order)
+        out, lse = kernels.sparse_attention(q, k, v, sel, block_size, causal, scale, order)   # repeats handled there
     else:
         out, lse = _ORDERS[order](q, k, v, unique_selection(sel), block_size, causal, scale)
     out = out.to(q.dtype)

@@ -5,6 +5,7 @@ do, and run. On a CPU they run through the Triton interpreter (m3lite.env turns 
 """
 import torch
 
+from ..attention.sparse import unique_selection
 from . import common
 from . import decode as _decode
 from .flash import flash_attention
@@ -45,8 +46,9 @@ def sparse_attention(q, k, v, sel, block_size, causal, scale, order):
     if block_size > common.MAX_BLOCK_SIZE:
         raise ValueError(f"backend='triton' takes block_size <= {common.MAX_BLOCK_SIZE}, got {block_size}; "
                          "backend='torch' takes any")
-    run = sparse_attention_kv if order == "kv" else sparse_attention_query
-    return run(q, k, v, sel, block_size, causal, scale)
+    if order == "kv":                  # its plan drops repeated ids as it inverts the selection
+        return sparse_attention_kv(q, k, v, sel, block_size, causal, scale)
+    return sparse_attention_query(q, k, v, unique_selection(sel), block_size, causal, scale)
 
 
 def decode_attention(q, k, v, iq, ik, lens, block_size, top_k, scale, ik_scale=None):

@@ -77,8 +77,8 @@ def _chunk_ids(ENTRIES, T, SLOTS: tl.constexpr, first, end, offs_m, CHUNK, G: tl
     """The chunk that starts at entry `first`: (row mask, query, flat index into sel) of each row."""
     e = first + offs_m // G
     m_row = (offs_m < CHUNK * G) & (e < end)
-    slot = tl.load(ENTRIES + e, mask=m_row, other=0)
-    return m_row, (slot // SLOTS) % T, slot
+    slot = tl.load(ENTRIES + e, mask=m_row, other=-1)                   # -1: a repeated id, skipped
+    return m_row & (slot >= 0), (slot // SLOTS) % T, slot
 
 
 @triton.jit
@@ -141,7 +141,9 @@ def block_entries(sel, num_blocks):
 
     entries lists flat indices into sel [B, HI, T, K], grouped by (batch, index head, block) and in
     query order within each; row r's entries are entries[offsets[r]:offsets[r + 1]]. Unselected
-    slots (-1) sort past the last row instead of being filtered out, which would need a sync.
+    slots (-1) sort past the last row instead of being filtered out, which would need a sync. A
+    block that a query chose twice is attended once: the repeat (next to the first after the sort)
+    becomes -1, which the kernel skips.
     """
     B, HI, T, K = sel.shape
     num_rows = B * HI * num_blocks
@@ -151,7 +153,10 @@ def block_entries(sel, num_blocks):
     key = row.to(torch.int16) if num_rows < 2 ** 15 else row                  # fewer radix-sort passes
     sorted_rows, entries = torch.sort(key, stable=True)                        # stable: query order
     offsets = torch.searchsorted(sorted_rows, torch.arange(num_rows + 1, device=sel.device, dtype=key.dtype))
-    return offsets, entries.to(torch.int32)
+    entries = entries.to(torch.int32)
+    repeat = (sorted_rows[1:] == sorted_rows[:-1]) & (entries[1:] // K == entries[:-1] // K)
+    entries[1:].masked_fill_(repeat, -1)
+    return offsets, entries
 
 
 class KVPlan(NamedTuple):
@@ -207,7 +212,7 @@ def combine(o_part, lse_part, q_shape, HI, K, block_r=128, num_warps=4, num_stag
 
 
 def sparse_attention_kv(q, k, v, sel, block_size, causal, scale):
-    """(out [B, HQ, T, D], lse [B, HQ, T] float32); inputs validated, sel without repeated ids.
+    """(out [B, HQ, T, D], lse [B, HQ, T] float32); inputs validated (sel may repeat an id).
 
     A program loads one KV block and attends chunks of the queries that chose it, each chunk a
     [block_m, D] tile of (query, head) rows. Partials are kept in the input dtype for fp16/bf16
