@@ -51,16 +51,10 @@ def _block_scores_fwd(IQ, IK, OUT,
                     if UPCAST:
                         b_k = b_k.to(tl.float32)
                     s = tl.dot(b_q, b_k)
-                    last_col = (j0 + jj) * BS + start_n + BLOCK_N - 1
-                    needs_mask = last_col >= S                            # past the end of the keys
-                    if CAUSAL:                                            # or the tile's first row's future
-                        needs_mask = needs_mask | (last_col > i_m * BLOCK_M + S - T)
-                    if needs_mask:
-                        visible = cols[None, :] < S
-                        if CAUSAL:
-                            visible = visible & (cols[None, :] <= pos[:, None])
-                        s = tl.where(visible, s, float("-inf"))
-                    best = tl.maximum(best, tl.max(s, 1))
+                    visible = cols[None, :] < S
+                    if CAUSAL:
+                        visible = visible & (cols[None, :] <= pos[:, None])
+                    best = tl.maximum(best, tl.max(tl.where(visible, s, float("-inf")), 1))
                 tile = tl.where(offs_j[None, :] == jj, best[:, None] * scale, tile)
         tl.store(p_out + j0 + offs_j[None, :], tile, mask=m_q[:, None] & (j0 + offs_j[None, :] < NB))
 
