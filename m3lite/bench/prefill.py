@@ -113,13 +113,13 @@ def sweep_kv(case, pattern, repeats):
     print(f"{case_name(case)} {pattern}: partials {part_bytes / 1e9:.1f} GB; useful {useful / 1e12:.2f} TFLOP")
     for name, fn in pieces.items():
         print(f"  {name:9s} {time_ms(fn, repeats):8.2f} ms", flush=True)
-    for bm, c, w, st in [(64, 16, 4, 1), (64, 16, 4, 2), (64, 64, 4, 2), (128, 8, 4, 2), (128, 8, 8, 2),
-                         (32, 32, 4, 2), (64, 16, 2, 2)]:
+    for bm, c, w, st in [(64, 64, 4, 1), (64, 32, 4, 1), (64, 128, 4, 1), (64, 64, 4, 2), (128, 32, 8, 1),
+                         (32, 128, 4, 1)]:
         p = kv.plan(sel, case["T"], BS, G, block_m=bm, chunks_per_program=c)
         ms = time_ms(lambda: kv.partials(q, k, v, sel.shape, p, BS, True, D ** -0.5, num_warps=w, num_stages=st),
                      repeats)
         print(f"  partials block_m={bm} chunks={c} warps={w} stages={st}: {ms:.2f} ms", flush=True)
-    for r, w, st in [(64, 4, 2), (32, 4, 2), (128, 4, 2), (128, 8, 3), (16, 2, 2)]:
+    for r, w, st in [(128, 4, 2), (64, 4, 2), (256, 8, 2), (128, 4, 3)]:
         ms = time_ms(lambda: kv.combine(o_part, lse_part, q.shape, sel.shape[1], sel.shape[3], r, w, st), repeats)
         print(f"  combine block_r={r} warps={w} stages={st}: {ms:.2f} ms ({part_bytes / ms / 1e6:.0f} GB/s reading the "
               f"partials)", flush=True)
