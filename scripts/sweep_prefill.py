@@ -17,6 +17,7 @@ from m3lite.kernels import indexer as ix
 from m3lite.kernels import sparse_kv as kv
 
 sys.path.insert(0, "scripts/variants")
+import indexer_v1 as ix_v1  # noqa: E402  (the indexer kernels before the unmasked loop)
 import sparse_kv_v1 as kv_v1  # noqa: E402  (the kernel as of the last recorded benchmark)
 
 
@@ -64,18 +65,20 @@ def indexer_sweep(case, repeats):
     del q, k, v
     BS, K = case["BS"], case["K"]
     scale = iq.shape[-1] ** -0.5
-    ref = ix.block_scores(iq, ik, BS, True, scale)
+    ref = ix_v1.block_scores(iq, ik, BS, True, scale)
     finite = torch.isfinite(ref)
     print(f"{case_name(case)} indexer", flush=True)
-    for bm, bn, w, st in [(64, 64, 4, 2), (128, 64, 8, 3)]:
-        fn = lambda: ix.block_scores(iq, ik, BS, True, scale, block_m=bm, block_n=bn, num_warps=w, num_stages=st)
-        out = fn()
-        same = torch.equal(torch.isfinite(out), finite)
-        err = (out[finite] - ref[finite]).abs().max().item()
-        print(f"  block_scores bm{bm} bn{bn} w{w} s{st}: {time_ms(fn, repeats):8.2f} ms  (max diff {err:.1e}, "
-              f"same -inf {same})", flush=True)
+    for name, module in (("v1", ix_v1), ("new", ix)):
+        for bm, bn, w, st in [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 2)]:
+            fn = lambda: module.block_scores(iq, ik, BS, True, scale, block_m=bm, block_n=bn, num_warps=w,
+                                             num_stages=st)
+            out = fn()
+            same = torch.equal(torch.isfinite(out), finite)
+            err = (out[finite] - ref[finite]).abs().max().item()
+            print(f"  {name} block_scores bm{bm} bn{bn} w{w} s{st}: {time_ms(fn, repeats):8.2f} ms  (max diff {err:.1e}, "
+                  f"same -inf {same})", flush=True)
     sel_ref = ix.select_blocks(ref, K, True)
-    for w in (1, 2, 4, 8):
+    for w in (1,):
         fn = lambda: ix.select_blocks(ref, K, True, num_warps=w)
         same = torch.equal(fn().sort(-1).values, sel_ref.sort(-1).values)
         print(f"  select_blocks w{w}: {time_ms(fn, repeats):8.2f} ms (same as w4: {same})", flush=True)

@@ -108,7 +108,8 @@ def test_msa_with_every_block_is_sdpa(order):
     assert rel_error(out, ref) < TOL[torch.float32]
 
 
-@pytest.mark.parametrize("B,HI,T,S,DI,BS", [(1, 2, 64, 64, 16, 16), (2, 1, 37, 90, 32, 32), (1, 1, 20, 300, 16, 128)])
+@pytest.mark.parametrize("B,HI,T,S,DI,BS", [(1, 2, 64, 64, 16, 16), (2, 1, 37, 90, 32, 32), (1, 1, 20, 300, 16, 128),
+                                           (1, 1, 300, 300, 16, 16), (1, 1, 100, 300, 16, 16)])   # unmasked groups too
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_block_scores_kernel_matches_twin(B, HI, T, S, DI, BS, causal, dtype):

@@ -26,7 +26,6 @@ def _block_scores_fwd(IQ, IK, OUT,
                       BLOCKS_PER_STORE: tl.constexpr, INDEX_DIM: tl.constexpr, UPCAST: tl.constexpr):
     i_m, i_h, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     offs_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, INDEX_DIM)
     offs_j = tl.arange(0, BLOCKS_PER_STORE)
     m_q = offs_m < T
@@ -37,26 +36,51 @@ def _block_scores_fwd(IQ, IK, OUT,
         b_q = b_q.to(tl.float32)
     p_k = IK + i_b * stride_kb + offs_d[:, None]
     p_out = OUT + i_b * stride_ob + i_h * stride_oh + offs_m.to(tl.int64)[:, None] * stride_ot
-    seen = S
-    if CAUSAL:                                                        # tokens some row of the tile sees
-        seen = tl.minimum(S, (i_m + 1) * BLOCK_M + S - T)
-    for j0 in range(0, NB, BLOCKS_PER_STORE):
+    # Groups of blocks that every row of the tile sees whole need no mask: a loop without one,
+    # then a loop over the rest (the diagonal, a partial last block, the future) with the mask.
+    first_pos = i_m * BLOCK_M + S - T                                 # the tile's earliest query
+    clear = tl.minimum(S, first_pos + 1) if CAUSAL else S             # keys every row sees
+    clear_groups = clear // (BS * BLOCKS_PER_STORE)
+    seen = tl.minimum(S, (i_m + 1) * BLOCK_M + S - T) if CAUSAL else S  # keys some row sees
+    for g in range(0, clear_groups):
+        tile = _score_group(b_q, p_k, stride_ks, g * BLOCKS_PER_STORE, pos, S, scale, False, CAUSAL, BS, BLOCK_M,
+                            BLOCK_N, BLOCKS_PER_STORE, UPCAST)
+        tl.store(p_out + g * BLOCKS_PER_STORE + offs_j[None, :], tile, mask=m_q[:, None])
+    for j0 in range(clear_groups * BLOCKS_PER_STORE, NB, BLOCKS_PER_STORE):
         tile = tl.full([BLOCK_M, BLOCKS_PER_STORE], float("-inf"), tl.float32)
         if j0 * BS < seen:
-            for jj in tl.static_range(BLOCKS_PER_STORE):
-                best = tl.full([BLOCK_M], float("-inf"), tl.float32)
-                for start_n in tl.static_range(0, BS, BLOCK_N):     # the block max, one sub-tile at a time
-                    cols = (j0 + jj) * BS + start_n + offs_n
-                    b_k = tl.load(p_k + cols[None, :] * stride_ks, mask=cols[None, :] < S, other=0.0)
-                    if UPCAST:
-                        b_k = b_k.to(tl.float32)
-                    s = tl.dot(b_q, b_k)
-                    visible = cols[None, :] < S
-                    if CAUSAL:
-                        visible = visible & (cols[None, :] <= pos[:, None])
-                    best = tl.maximum(best, tl.max(tl.where(visible, s, float("-inf")), 1))
-                tile = tl.where(offs_j[None, :] == jj, best[:, None] * scale, tile)
+            tile = _score_group(b_q, p_k, stride_ks, j0, pos, S, scale, True, CAUSAL, BS, BLOCK_M, BLOCK_N,
+                                BLOCKS_PER_STORE, UPCAST)
         tl.store(p_out + j0 + offs_j[None, :], tile, mask=m_q[:, None] & (j0 + offs_j[None, :] < NB))
+
+
+@triton.jit
+def _score_group(b_q, p_k, stride_ks, j0, pos, S, scale, MASK: tl.constexpr, CAUSAL: tl.constexpr,
+                 BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCKS_PER_STORE: tl.constexpr,
+                 UPCAST: tl.constexpr):
+    """Scores [BLOCK_M, BLOCKS_PER_STORE] of the blocks j0, j0 + 1, ...: each block's max over its keys."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_j = tl.arange(0, BLOCKS_PER_STORE)
+    tile = tl.full([BLOCK_M, BLOCKS_PER_STORE], float("-inf"), tl.float32)
+    for jj in tl.static_range(BLOCKS_PER_STORE):
+        best = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        for start_n in tl.static_range(0, BS, BLOCK_N):             # the block max, one sub-tile at a time
+            cols = (j0 + jj) * BS + start_n + offs_n
+            if MASK:
+                b_k = tl.load(p_k + cols[None, :] * stride_ks, mask=cols[None, :] < S, other=0.0)
+            else:
+                b_k = tl.load(p_k + cols[None, :] * stride_ks)
+            if UPCAST:
+                b_k = b_k.to(tl.float32)
+            s = tl.dot(b_q, b_k)
+            if MASK:
+                visible = cols[None, :] < S
+                if CAUSAL:
+                    visible = visible & (cols[None, :] <= pos[:, None])
+                s = tl.where(visible, s, float("-inf"))
+            best = tl.maximum(best, tl.max(s, 1))
+        tile = tl.where(offs_j[None, :] == jj, best[:, None] * scale, tile)
+    return tile
 
 
 def block_scores(iq, ik, block_size, causal, scale, block_m=128, block_n=64, num_warps=8, num_stages=3):

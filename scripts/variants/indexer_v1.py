@@ -1,0 +1,113 @@
+"""The indexer in Triton: fused index scores + block max, and the top-k block selection.
+
+Twins: m3lite.attention.indexer.block_scores and select_blocks. The block-score kernel never writes
+token scores to memory: each program keeps a [BLOCK_M, BS] tile on chip and keeps only its max.
+"""
+import struct
+
+import torch
+import triton
+import triton.language as tl
+
+from m3lite.kernels.common import UPCAST, new_output, next_pow2
+
+
+def _sort_key(x):
+    """The order-preserving int32 of a float32, as the selection kernel computes it."""
+    bits = struct.unpack("<i", struct.pack("<f", x))[0]
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit
+def _block_scores_fwd(IQ, IK, OUT,
+                      stride_qb, stride_qh, stride_qt, stride_kb, stride_ks, stride_ob, stride_oh, stride_ot,
+                      T, S, NB, scale,
+                      CAUSAL: tl.constexpr, BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCKS_PER_STORE: tl.constexpr, INDEX_DIM: tl.constexpr, UPCAST: tl.constexpr):
+    i_m, i_h, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
+    offs_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, INDEX_DIM)
+    offs_j = tl.arange(0, BLOCKS_PER_STORE)
+    m_q = offs_m < T
+    pos = offs_m + S - T
+    b_q = tl.load(IQ + i_b * stride_qb + i_h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :],
+                  mask=m_q[:, None], other=0.0)
+    if UPCAST:
+        b_q = b_q.to(tl.float32)
+    p_k = IK + i_b * stride_kb + offs_d[:, None]
+    p_out = OUT + i_b * stride_ob + i_h * stride_oh + offs_m.to(tl.int64)[:, None] * stride_ot
+    seen = S
+    if CAUSAL:                                                        # tokens some row of the tile sees
+        seen = tl.minimum(S, (i_m + 1) * BLOCK_M + S - T)
+    for j0 in range(0, NB, BLOCKS_PER_STORE):
+        tile = tl.full([BLOCK_M, BLOCKS_PER_STORE], float("-inf"), tl.float32)
+        if j0 * BS < seen:
+            for jj in tl.static_range(BLOCKS_PER_STORE):
+                best = tl.full([BLOCK_M], float("-inf"), tl.float32)
+                for start_n in tl.static_range(0, BS, BLOCK_N):     # the block max, one sub-tile at a time
+                    cols = (j0 + jj) * BS + start_n + offs_n
+                    b_k = tl.load(p_k + cols[None, :] * stride_ks, mask=cols[None, :] < S, other=0.0)
+                    if UPCAST:
+                        b_k = b_k.to(tl.float32)
+                    s = tl.dot(b_q, b_k)
+                    visible = cols[None, :] < S
+                    if CAUSAL:
+                        visible = visible & (cols[None, :] <= pos[:, None])
+                    best = tl.maximum(best, tl.max(tl.where(visible, s, float("-inf")), 1))
+                tile = tl.where(offs_j[None, :] == jj, best[:, None] * scale, tile)
+        tl.store(p_out + j0 + offs_j[None, :], tile, mask=m_q[:, None] & (j0 + offs_j[None, :] < NB))
+
+
+def block_scores(iq, ik, block_size, causal, scale, block_m=128, block_n=64, num_warps=8, num_stages=3):
+    """float32 [B, HI, T, NB] block scores; inputs as for m3lite.block_scores, already validated.
+
+    A program scores `block_m` queries against every block, `block_n` keys at a time."""
+    B, HI, T, DI = iq.shape
+    S = ik.shape[2]
+    NB = triton.cdiv(S, block_size)
+    iq, ik = iq.contiguous(), ik.contiguous()
+    out = new_output((B, HI, T, NB), torch.float32, iq.device)
+    block_n = min(block_size, block_n)
+    grid = (triton.cdiv(T, block_m), HI, B)
+    _block_scores_fwd[grid](iq, ik, out, iq.stride(0), iq.stride(1), iq.stride(2), ik.stride(0), ik.stride(2),
+                            out.stride(0), out.stride(1), out.stride(2), T, S, NB, scale,
+                            CAUSAL=causal, BS=block_size, BLOCK_M=block_m, BLOCK_N=block_n,
+                            BLOCKS_PER_STORE=min(8, next_pow2(NB)), INDEX_DIM=DI, UPCAST=UPCAST,
+                            num_warps=num_warps, num_stages=num_stages)
+    return out
+
+
+@triton.jit
+def _select_blocks_fwd(SCORES, SEL, NB, TOP_K, stride_row, stride_sel,
+                       LOCAL: tl.constexpr, NB_PAD: tl.constexpr, K_PAD: tl.constexpr, NEG_INF_KEY: tl.constexpr):
+    i_row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, NB_PAD)
+    s = tl.load(SCORES + i_row * stride_row + offs, mask=offs < NB, other=float("-inf"))
+    visible = s > float("-inf")
+    if LOCAL:                                                         # force the last visible block
+        own = tl.max(tl.where(visible, offs, -1), 0)
+        s = tl.where(offs == own, float("inf"), s)
+    # top-k of (score, id) pairs packed in one int64: an order-preserving int32 of the score above
+    # the id, so one sort key carries both
+    bits = s.to(tl.int32, bitcast=True)
+    key = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64)
+    best = tl.topk((key << 32) | offs.to(tl.int64), K_PAD)
+    ids = (best & 0xFFFFFFFF).to(tl.int32)
+    best_bits = (best >> 32).to(tl.int32)
+    was_visible = best_bits > NEG_INF_KEY
+    offs_k = tl.arange(0, K_PAD)
+    tl.store(SEL + i_row * stride_sel + offs_k, tl.where(was_visible, ids, -1), mask=offs_k < TOP_K)
+
+
+def select_blocks(scores, top_k, local, num_warps=1):
+    """int32 [B, HI, T, top_k] selection; inputs as for m3lite.select_blocks, already validated."""
+    B, HI, T, NB = scores.shape
+    rows = scores.reshape(-1, NB).float().contiguous()
+    nb_pad = max(2, next_pow2(NB))                      # tl.topk needs at least 2 on Triton 3.6
+    k_pad = min(max(2, next_pow2(top_k)), nb_pad)
+    sel = torch.full((rows.shape[0], top_k), -1, dtype=torch.int32, device=scores.device)
+    _select_blocks_fwd[(rows.shape[0],)](rows, sel, NB, min(top_k, k_pad), rows.stride(0), sel.stride(0),
+                                        LOCAL=local, NB_PAD=nb_pad, K_PAD=k_pad,
+                                        NEG_INF_KEY=_sort_key(float("-inf")), num_warps=num_warps)
+    return sel.view(B, HI, T, top_k)
