@@ -89,7 +89,7 @@ def indexer_sweep(case, repeats):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--cases", type=int, nargs="+", default=[1, 3, 4, 2])
+    parser.add_argument("--cases", type=int, nargs="*", default=[1, 3, 4, 2])
     parser.add_argument("--indexer-cases", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--profile-plan", action="store_true", help="print torch's profile of the plan")
     args = parser.parse_args()
