@@ -42,23 +42,32 @@ def _block_scores_fwd(IQ, IK, OUT,
     clear = tl.minimum(S, first_pos + 1) if CAUSAL else S             # keys every row sees
     clear_groups = clear // (BS * BLOCKS_PER_STORE)
     seen = tl.minimum(S, (i_m + 1) * BLOCK_M + S - T) if CAUSAL else S  # keys some row sees
+    offs_n = tl.arange(0, BLOCK_N)
     for g in range(0, clear_groups):
-        tile = _score_group(b_q, p_k, stride_ks, g * BLOCKS_PER_STORE, pos, S, scale, False, CAUSAL, BS, BLOCK_M,
-                            BLOCK_N, BLOCKS_PER_STORE, UPCAST)
-        tl.store(p_out + g * BLOCKS_PER_STORE + offs_j[None, :], tile, mask=m_q[:, None])
+        tile = tl.full([BLOCK_M, BLOCKS_PER_STORE], float("-inf"), tl.float32)
+        for sub in range(0, BLOCKS_PER_STORE * (BS // BLOCK_N)):     # one key sub-tile an iteration: pipelined
+            cols = g * (BLOCKS_PER_STORE * BS) + sub * BLOCK_N + offs_n
+            b_k = tl.load(p_k + cols[None, :] * stride_ks)
+            if UPCAST:
+                b_k = b_k.to(tl.float32)
+            best = tl.max(tl.dot(b_q, b_k), 1)
+            in_block = offs_j[None, :] == sub // (BS // BLOCK_N)
+            tile = tl.where(in_block, tl.maximum(tile, best[:, None]), tile)
+        tl.store(p_out + g * BLOCKS_PER_STORE + offs_j[None, :], tile * scale, mask=m_q[:, None])
     for j0 in range(clear_groups * BLOCKS_PER_STORE, NB, BLOCKS_PER_STORE):
         tile = tl.full([BLOCK_M, BLOCKS_PER_STORE], float("-inf"), tl.float32)
         if j0 * BS < seen:
-            tile = _score_group(b_q, p_k, stride_ks, j0, pos, S, scale, True, CAUSAL, BS, BLOCK_M, BLOCK_N,
+            tile = _score_group(b_q, p_k, stride_ks, j0, pos, S, scale, CAUSAL, BS, BLOCK_M, BLOCK_N,
                                 BLOCKS_PER_STORE, UPCAST)
         tl.store(p_out + j0 + offs_j[None, :], tile, mask=m_q[:, None] & (j0 + offs_j[None, :] < NB))
 
 
 @triton.jit
-def _score_group(b_q, p_k, stride_ks, j0, pos, S, scale, MASK: tl.constexpr, CAUSAL: tl.constexpr,
+def _score_group(b_q, p_k, stride_ks, j0, pos, S, scale, CAUSAL: tl.constexpr,
                  BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCKS_PER_STORE: tl.constexpr,
                  UPCAST: tl.constexpr):
-    """Scores [BLOCK_M, BLOCKS_PER_STORE] of the blocks j0, j0 + 1, ...: each block's max over its keys."""
+    """Scores [BLOCK_M, BLOCKS_PER_STORE] of the blocks j0, j0 + 1, ...: each block's max over the keys
+    each row sees (-inf where it sees none)."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_j = tl.arange(0, BLOCKS_PER_STORE)
     tile = tl.full([BLOCK_M, BLOCKS_PER_STORE], float("-inf"), tl.float32)
@@ -66,19 +75,14 @@ def _score_group(b_q, p_k, stride_ks, j0, pos, S, scale, MASK: tl.constexpr, CAU
         best = tl.full([BLOCK_M], float("-inf"), tl.float32)
         for start_n in tl.static_range(0, BS, BLOCK_N):             # the block max, one sub-tile at a time
             cols = (j0 + jj) * BS + start_n + offs_n
-            if MASK:
-                b_k = tl.load(p_k + cols[None, :] * stride_ks, mask=cols[None, :] < S, other=0.0)
-            else:
-                b_k = tl.load(p_k + cols[None, :] * stride_ks)
+            b_k = tl.load(p_k + cols[None, :] * stride_ks, mask=cols[None, :] < S, other=0.0)
             if UPCAST:
                 b_k = b_k.to(tl.float32)
             s = tl.dot(b_q, b_k)
-            if MASK:
-                visible = cols[None, :] < S
-                if CAUSAL:
-                    visible = visible & (cols[None, :] <= pos[:, None])
-                s = tl.where(visible, s, float("-inf"))
-            best = tl.maximum(best, tl.max(s, 1))
+            visible = cols[None, :] < S
+            if CAUSAL:
+                visible = visible & (cols[None, :] <= pos[:, None])
+            best = tl.maximum(best, tl.max(tl.where(visible, s, float("-inf")), 1))
         tile = tl.where(offs_j[None, :] == jj, best[:, None] * scale, tile)
     return tile
 
