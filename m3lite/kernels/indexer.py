@@ -87,7 +87,7 @@ def _score_group(b_q, p_k, stride_ks, j0, pos, S, scale, CAUSAL: tl.constexpr,
     return tile
 
 
-def block_scores(iq, ik, block_size, causal, scale, block_m=128, block_n=64, num_warps=8, num_stages=3):
+def block_scores(iq, ik, block_size, causal, scale, block_m=128, block_n=128, num_warps=8, num_stages=3):
     """float32 [B, HI, T, NB] block scores; inputs as for m3lite.block_scores, already validated.
 
     A program scores `block_m` queries against every block, `block_n` keys at a time."""
