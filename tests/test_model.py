@@ -40,9 +40,9 @@ def test_msa_with_every_block_is_dense():
     torch.testing.assert_close(model(tokens, media)[0], model(tokens, media, attention="dense")[0])
 
 
-@pytest.mark.parametrize("attention", ["msa", "dense"])
-def test_generate_with_the_cache_equals_greedy_forward(attention):
-    model = tiny()
+@pytest.mark.parametrize("attention,index_rope_dim", [("msa", 0), ("dense", 0), ("msa", 8)])
+def test_generate_with_the_cache_equals_greedy_forward(attention, index_rope_dim):
+    model = tiny(index_rope_dim=index_rope_dim)          # a positional indexer gets positions in both paths
     head = torch.nn.Linear(model.config.dim, VOCAB_SIZE)                # a random model must not emit media
     head.weight.data.copy_(model.head.weight)                          # slots: they would need features
     head.bias.data.zero_()[[*SLOT.values(), *START.values(), *END.values()]] = -1e4
@@ -135,6 +135,8 @@ def test_bad_configs_are_refused():
         M3Config(layers=2, dense_layers=3)
     with pytest.raises(TypeError, match="dim must be an int"):
         M3Config(dim=64.0)
+    with pytest.raises(ValueError, match="index_rope_dim must be even"):
+        M3Config(index_dim=16, index_rope_dim=18)
     with pytest.raises(ValueError, match="unknown M3Config fields"):
         M3Config.from_dict({"dim": 64, "wings": 2})
 

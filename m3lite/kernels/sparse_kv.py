@@ -137,7 +137,7 @@ def work_list(offsets, chunk):
 
 
 def block_entries(sel, num_blocks):
-    """The selection inverted, without a host sync: (offsets [B*HI*NB + 1], entries int32).
+    """The selection inverted, without a host sync: (offsets [B*HI*NB + 1], entries int32 or int64).
 
     entries lists flat indices into sel [B, HI, T, K], grouped by (batch, index head, block) and in
     query order within each; row r's entries are entries[offsets[r]:offsets[r + 1]]. Unselected
@@ -153,7 +153,8 @@ def block_entries(sel, num_blocks):
     key = row.to(torch.int16) if num_rows < 2 ** 15 else row                  # fewer radix-sort passes
     sorted_rows, entries = torch.sort(key, stable=True)                        # stable: query order
     offsets = torch.searchsorted(sorted_rows, torch.arange(num_rows + 1, device=sel.device, dtype=key.dtype))
-    entries = entries.to(torch.int32)
+    if sel.numel() < 2 ** 31:                                               # else they stay int64
+        entries = entries.to(torch.int32)
     repeat = (sorted_rows[1:] == sorted_rows[:-1]) & (entries[1:] // K == entries[:-1] // K)
     entries[1:].masked_fill_(repeat, -1)
     return offsets, entries
@@ -162,7 +163,7 @@ def block_entries(sel, num_blocks):
 class KVPlan(NamedTuple):
     """What the KV-outer kernel needs besides q, k, v: the inverted selection and the programs."""
     offsets: torch.Tensor      # [B*HI*NB + 1] where each (batch, index head, block)'s entries start
-    entries: torch.Tensor      # int32: flat indices into sel, which are also where the partials go
+    entries: torch.Tensor      # flat indices into sel, which are also where the partials go
     rows: torch.Tensor         # [programs] the row (batch, index head, block) of each program
     starts: torch.Tensor       # [programs] the program's first entry
     block_m: int               # (query, head) rows per tile

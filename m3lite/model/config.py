@@ -12,7 +12,8 @@ class M3Config:
     Attention: GQA with `heads` query heads and `kv_heads` KV heads of `head_dim`, QK-norm, rotary
     embedding on the first `rope_dim` dims of each head. MSA layers add an indexer (one index head
     per KV group, dim `index_dim`, one shared index-key head) that picks `top_k` blocks of
-    `block_size` tokens per query. MLP: SwiGLU of width `mlp_hidden`.
+    `block_size` tokens per query; `index_rope_dim` of its dims get rotary embedding too (0: the
+    indexer cannot see positions, as in the shipped checkpoint). MLP: SwiGLU of width `mlp_hidden`.
     """
     dim: int = 128
     layers: int = 4
@@ -22,6 +23,7 @@ class M3Config:
     head_dim: int = 32
     rope_dim: int = 16
     index_dim: int = 32
+    index_rope_dim: int = 0
     block_size: int = 32
     top_k: int = 4
     mlp_hidden: int = 384
@@ -47,6 +49,9 @@ class M3Config:
             raise ValueError(f"M3Config.dense_layers must lie in [0, layers={self.layers}], got {self.dense_layers}")
         if self.rope_dim % 2 or not 0 <= self.rope_dim <= self.head_dim:
             raise ValueError(f"M3Config.rope_dim must be even and in [0, head_dim={self.head_dim}], got {self.rope_dim}")
+        if self.index_rope_dim % 2 or not 0 <= self.index_rope_dim <= self.index_dim:
+            raise ValueError(f"M3Config.index_rope_dim must be even and in [0, index_dim={self.index_dim}], "
+                             f"got {self.index_rope_dim}")
         if set(self.feature_dims) != set(FEATURE_DIMS):
             raise ValueError(f"M3Config.feature_dims must give a dim for each of {sorted(FEATURE_DIMS)}, "
                              f"got {sorted(self.feature_dims)}")

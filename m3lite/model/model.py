@@ -35,7 +35,8 @@ class Attention(nn.Module):
         self.wkv = nn.Linear(c.dim, 2 * c.kv_heads * c.head_dim, bias=False)
         self.wo = nn.Linear(c.heads * c.head_dim, c.dim, bias=False)
         self.q_norm, self.k_norm = nn.RMSNorm(c.head_dim), nn.RMSNorm(c.head_dim)
-        self.indexer = Indexer(c.dim, c.kv_heads, c.index_dim, rope_dim=0) if sparse else None
+        self.indexer = Indexer(c.dim, c.kv_heads, c.index_dim, rope_dim=c.index_rope_dim,
+                               rope_base=c.rope_base) if sparse else None
 
     def project(self, x, positions):
         """q [B, HQ, T, D], k and v [B, HKV, T, D] for hidden states x [B, T, dim] at `positions`."""
@@ -60,10 +61,11 @@ class Attention(nn.Module):
         """
         c = self.config
         B, T, _ = x.shape
-        q, k, v = self.project(x, torch.arange(T, device=x.device))
+        positions = torch.arange(T, device=x.device)
+        q, k, v = self.project(x, positions)
         if not self.sparse or (attention == "dense" and not distill and trace is None):   # no indexer needed
             return self.wo(dense_attention(q, k, v).transpose(1, 2).reshape(B, T, -1)), None
-        iq, ik = self.indexer(x.detach())               # the indexer learns from its own loss only
+        iq, ik = self.indexer(x.detach(), positions)    # the indexer learns from its own loss only
         scores = block_scores(iq, ik, block_size=c.block_size, backend="torch")
         choice = scores.detach()
         if attention == "random":                       # own block, then random visible blocks
@@ -91,7 +93,7 @@ class Attention(nn.Module):
         (an MSACache of this layer): a whole prompt at once, or decode steps of a few tokens."""
         c = self.config
         q, k, v = self.project(x, positions)
-        iq, ik = self.indexer(x) if self.sparse else (None, x.new_zeros(1, 1, x.shape[1], 1))
+        iq, ik = self.indexer(x, positions) if self.sparse else (None, x.new_zeros(1, 1, x.shape[1], 1))
         cache.append(k, v, ik)
         length = cache.lengths[0]
         if not self.sparse or attention == "dense":

@@ -1,3 +1,6 @@
+# Frozen copy of m3lite/kernels/indexer.py as of commit d303711 (2026-11-22, before the unmasked loop), kept so that
+# scripts/sweep_prefill.py can time the old and new kernels side by side in one process.
+# Not part of the package; do not edit.
 """The indexer in Triton: fused index scores + block max, and the top-k block selection.
 
 Twins: m3lite.attention.indexer.block_scores and select_blocks. The block-score kernel never writes

@@ -1,3 +1,6 @@
+# Frozen copy of m3lite/kernels/sparse_kv.py as of commit c1e04b0 (2026-11-21), kept so that
+# scripts/sweep_prefill.py can time the old and new kernels side by side in one process.
+# Not part of the package; do not edit.
 """KV-outer sparse attention ("KV outer, gather Q"): a program loads one KV block once and attends
 chunks of the queries that chose it, with an exact softmax over that one block; every
 (query, slot) partial (o, lse) is written once; a combine kernel then merges each query's partials.
