@@ -65,24 +65,45 @@ def indexer_recall(model, examples, attention="msa", at="all"):
     at: "all" positions, or only the "answer" position (the last prompt token, which predicts the
     answer's first token: in a haystack, the query looking for its key).
     """
-    if attention not in ("msa", "untrained", "oracle"):
-        raise ValueError(f"attention must be 'msa', 'untrained' or 'oracle', got {attention!r}")
-    if at not in ("all", "answer"):
-        raise ValueError(f"at must be 'all' or 'answer', got {at!r}")
-    if attention == "untrained":
-        model = with_untrained_indexers(model)
+    return indexer_recalls(model, examples, (attention,), (at,))[attention, at]
+
+
+def indexer_recalls(model, examples, attentions=("msa", "untrained", "oracle"), ats=("all", "answer")):
+    """indexer_recall for several (attention, at) at once: {(attention, at): per-layer recall}.
+
+    One forward pass per example serves the trained indexers' recall, the oracle's and every `at`;
+    the untrained indexers need one more.
+    """
+    for attention in attentions:
+        if attention not in ("msa", "untrained", "oracle"):
+            raise ValueError(f"attention must be 'msa', 'untrained' or 'oracle', got {attention!r}")
+    for at in ats:
+        if at not in ("all", "answer"):
+            raise ValueError(f"at must be 'all' or 'answer', got {at!r}")
     c = model.config
     device = next(model.parameters()).device
-    per_layer = []
+    runs = {}                                   # the model whose trace each attention reads
+    if {"msa", "oracle"} & set(attentions):
+        runs["trained"] = model
+    if "untrained" in attentions:
+        runs["untrained"] = with_untrained_indexers(model)
+    per_layer = {(attention, at): [] for attention in attentions for at in ats}
     for example in examples:
-        trace = []
         media = {m: x.to(device) for m, x in example.media.items()}
-        model(example.tokens[None].to(device), media, attention="msa", trace=trace)
-        positions = slice(None) if at == "all" else int(example.loss_mask.nonzero()[0]) - 1
-        per_layer.append([attention_recall(t["q"], t["k"], oracle_selection(t["q"], t["k"], c) if attention == "oracle"
-                                           else t["sel"], block_size=c.block_size)[..., positions].mean()
-                          for t in trace])
-    return torch.tensor(per_layer).mean(0).tolist()
+        answer = int(example.loss_mask.nonzero()[0]) - 1
+        for run, run_model in runs.items():
+            trace = []
+            run_model(example.tokens[None].to(device), media, attention="msa", trace=trace)
+            for attention in attentions:
+                if (run == "untrained") != (attention == "untrained"):
+                    continue
+                recalls = [attention_recall(t["q"], t["k"], oracle_selection(t["q"], t["k"], c)
+                                            if attention == "oracle" else t["sel"], block_size=c.block_size)
+                           for t in trace]                          # each [B, HQ, T]
+                for at in ats:
+                    positions = slice(None) if at == "all" else answer
+                    per_layer[attention, at].append([r[..., positions].mean() for r in recalls])
+    return {key: torch.tensor(rows).mean(0).tolist() for key, rows in per_layer.items()}
 
 
 def oracle_selection(q, k, config):
@@ -140,9 +161,10 @@ def main(argv=None):
             result["haystack"][mode].append({"context_len": length, "accuracy": hit, "n_trials": args.trials})
             tqdm.write(f"haystack {length:5d} {mode:9s} {hit:.3f}")
         examples = [tasks.haystack(length, s, "test", key_modality="mixed") for s in range(args.recall_examples)]
+        recalls = indexer_recalls(model, examples)
         for at, table in (("all", "recall"), ("answer", "recall_at_answer")):
             for mode in ("msa", "untrained", "oracle"):
-                recall = indexer_recall(model, examples, attention=mode, at=at)
+                recall = recalls[mode, at]
                 result[table][mode].append({"context_len": length, "per_layer": recall, "n": args.recall_examples})
                 tqdm.write(f"{table} {length:5d} {mode:9s} " + " ".join(f"{r:.3f}" for r in recall))
     result["seconds"] = round(time.time() - start, 1)

@@ -102,6 +102,17 @@ def test_oracle_recall_bounds_every_selection():
         evals.indexer_recall(model, examples, at="query")
 
 
+def test_recalls_together_equal_recalls_one_at_a_time():
+    """indexer_recalls shares forward passes between modes and positions; the numbers must not move."""
+    torch.manual_seed(0)
+    model = M3Lite(M3Config.tiny()).eval()
+    examples = [tasks.haystack(300, seed=s) for s in range(2)]
+    together = evals.indexer_recalls(model, examples)
+    assert set(together) == {(m, at) for m in ("msa", "untrained", "oracle") for at in ("all", "answer")}
+    for (mode, at), recall in together.items():
+        assert recall == pytest.approx(evals.indexer_recall(model, examples, mode, at=at), abs=1e-6)
+
+
 def test_untrained_copy_changes_only_the_indexers():
     torch.manual_seed(0)
     model = M3Lite(M3Config.tiny())
