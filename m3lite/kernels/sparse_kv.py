@@ -40,12 +40,12 @@ def _sparse_kv_fwd(Q, K, V, ENTRIES, WORK_ROW, WORK_START, OFFSETS, O_PART, LSE_
     p_q = Q + i_b * stride_qb + (i_kv * G + g).to(tl.int64)[:, None] * stride_qh + offs_d[None, :]
     # The loop is pipelined by hand: the next chunk's Q tile, and the one after's entries, are
     # requested before this chunk's math, so that their memory latency hides behind it.
-    m_row, t, slot = _chunk_ids(ENTRIES, T, SLOTS, start, end, offs_m, CHUNK, G)
+    m_row, t, entry = _chunk_ids(ENTRIES, T, SLOTS, start, end, offs_m, CHUNK, G)
     b_q = _gather_q(p_q, t, m_row, stride_qt, UPCAST)
-    n_row, n_t, n_slot = _chunk_ids(ENTRIES, T, SLOTS, start + CHUNK, end, offs_m, CHUNK, G)
+    n_row, n_t, n_entry = _chunk_ids(ENTRIES, T, SLOTS, start + CHUNK, end, offs_m, CHUNK, G)
     for first in range(start, end, CHUNK):
         n_q = _gather_q(p_q, n_t, n_row, stride_qt, UPCAST)
-        nn_row, nn_t, nn_slot = _chunk_ids(ENTRIES, T, SLOTS, first + 2 * CHUNK, end, offs_m, CHUNK, G)
+        nn_row, nn_t, nn_entry = _chunk_ids(ENTRIES, T, SLOTS, first + 2 * CHUNK, end, offs_m, CHUNK, G)
         # -- exact softmax over this one block: no running max, no rescaling
         s = tl.dot(b_q, b_k)                                            # [BLOCK_M, BS], unscaled
         needs_mask = (j + 1) * BS > S                                   # a partial last block
@@ -63,22 +63,22 @@ def _sparse_kv_fwd(Q, K, V, ENTRIES, WORK_ROW, WORK_START, OFFSETS, O_PART, LSE_
         l_safe = tl.where(l > 0, l, 1.0)                                # a query that sees none of the block
         o = tl.dot(p.to(b_v.dtype), b_v) * tl.where(l > 0, 1.0 / l_safe, 0.0)[:, None]
         lse = tl.where(l > 0, (m_safe + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
-        # -- write the partials once, at each query's (slot, head)
-        part = (slot.to(tl.int64) * R + i_r) * G + g
+        # -- write the partials once, at each query's (slot, head): the entry's place
+        part = (entry.to(tl.int64) * R + i_r) * G + g
         tl.store(O_PART + part[:, None] * HEAD_DIM + offs_d[None, :], o.to(O_PART.dtype.element_ty),
                  mask=m_row[:, None])
         tl.store(LSE_PART + part, lse, mask=m_row)
-        m_row, t, slot, b_q = n_row, n_t, n_slot, n_q                  # move the pipeline on
-        n_row, n_t, n_slot = nn_row, nn_t, nn_slot
+        m_row, t, entry, b_q = n_row, n_t, n_entry, n_q                # move the pipeline on
+        n_row, n_t, n_entry = nn_row, nn_t, nn_entry
 
 
 @triton.jit
 def _chunk_ids(ENTRIES, T, SLOTS: tl.constexpr, first, end, offs_m, CHUNK, G: tl.constexpr):
     """The chunk that starts at entry `first`: (row mask, query, flat index into sel) of each row."""
-    e = first + offs_m // G
+    e = first + offs_m // G                                            # each row's place in ENTRIES
     m_row = (offs_m < CHUNK * G) & (e < end)
-    slot = tl.load(ENTRIES + e, mask=m_row, other=-1)                   # -1: a repeated id, skipped
-    return m_row & (slot >= 0), (slot // SLOTS) % T, slot
+    entry = tl.load(ENTRIES + e, mask=m_row, other=-1)                 # -1: a repeated id, skipped
+    return m_row & (entry >= 0), (entry // SLOTS) % T, entry
 
 
 @triton.jit
