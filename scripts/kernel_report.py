@@ -1,19 +1,25 @@
-"""Compile a kernel for sm_90a on a machine without a GPU and print ptxas's resource report.
+"""Compile the KV-outer kernel for sm_90a on a machine without a GPU and print ptxas's report.
 
 Registers, spills and shared memory answer most "why is it slow" questions before any device time
-is spent. Use the Triton version of the GPU machine for numbers that match it, e.g.
+is spent. Use the Triton version of the GPU machine for numbers that match it:
     pip install --no-deps --target /tmp/t36 triton==3.6.0
-    PYTHONPATH=/tmp/t36:. TRITON_INTERPRET=0 python scripts/kernel_report.py kv [KEY=VALUE ...]
-KEY=VALUE sets a constexpr or launch option (num_warps, num_stages). Shapes are the M3 benchmark's.
+    PYTHONPATH=/tmp/t36:. python scripts/kernel_report.py kv [KEY=VALUE ...]
+KEY=VALUE sets a constexpr (G, SLOTS, BS, BLOCK_M, HEAD_DIM, CAUSAL, UPCAST), a launch option
+(num_warps, num_stages) or a run-time int (T, CHUNK, ...), as `plan()` would launch it: CHUNK
+defaults to BLOCK_M // G. Triton specialises run-time ints (equal to 1, divisible by 16), so
+their values can change the code. The other shapes are the M3 benchmark's at 64K.
 """
 import os
 import subprocess
 import sys
 import tempfile
 
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+os.environ["TRITON_INTERPRET"] = "0"           # compile, even on a machine without a GPU
+
+import m3lite  # noqa: E402,F401  (m3lite.env first, as everywhere)
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
 
 
 def compile_report(fn, pointers, values, constexprs, num_warps, num_stages):
@@ -38,37 +44,46 @@ def compile_report(fn, pointers, values, constexprs, num_warps, num_stages):
                     attrs=attrs)
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                             options=dict(num_warps=num_warps, num_stages=num_stages))
-    if os.environ.get("DUMP"):
-        open(os.environ["DUMP"] + ".ttgir", "w").write(kernel.asm["ttgir"])
-        open(os.environ["DUMP"] + ".ptx", "w").write(kernel.asm["ptx"])
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(kernel.asm["ptx"])
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/ptxas")
-    out = subprocess.run([ptxas, "--gpu-name", "sm_90a", "-v", f.name, "-o", "/dev/null"],
-                         capture_output=True, text=True).stderr
-    lines = [line.split("info    : ")[-1] for line in out.splitlines() if "Used" in line or "spill" in line]
+    run = subprocess.run([ptxas, "--gpu-name", "sm_90a", "-v", f.name, "-o", "/dev/null"], capture_output=True, text=True)
+    if run.returncode:
+        raise SystemExit(f"ptxas failed (is this the GPU machine's Triton? see the usage above):\n{run.stderr}")
+    lines = [line.split("info    : ")[-1].strip() for line in run.stderr.splitlines() if "Used" in line or "spill" in line]
     return f"smem {kernel.metadata.shared} B; wgmma {kernel.asm['ptx'].count('wgmma.mma_async')}; " + "; ".join(lines)
 
 
-def kv_report(options):
+def kv_kernel():
+    """The KV-outer partials kernel, its pointer types, run-time values and constexprs (M3, 64K)."""
     from m3lite.kernels import sparse_kv as kv
-    pointers = dict(Q="*bf16", K="*bf16", V="*bf16", ENTRIES="*i32", WORK_ROW="*i64",
-                    WORK_START="*i64", OFFSETS="*i64", O_PART="*bf16", LSE_PART="*fp32")
-    T, D, BS = 65536, 128, 128
+    pointers = dict(Q="*bf16", K="*bf16", V="*bf16", ENTRIES="*i32", ROWS="*i64", STARTS="*i64", OFFSETS="*i64",
+                    O_PART="*bf16", LSE_PART="*fp32")
+    T, D = 65536, 128
     values = dict(stride_qb=64 * T * D, stride_qh=T * D, stride_qt=D, stride_kb=4 * T * D, stride_kh=T * D,
-                  stride_ks=D, T=T, S=T, NB=T // BS, HI=4, R=1, CHUNK=4, ENTRIES_PER_PROGRAM=64,
-                  qk_scale=0.1)
-    constexprs = dict(G=16, SLOTS=16, CAUSAL=True, BS=BS, BLOCK_M=64, HEAD_DIM=D, UPCAST=False)
+                  stride_ks=D, T=T, S=T, NB=T // 128, HI=4, R=1, qk_scale=0.1)
+    constexprs = dict(G=16, SLOTS=16, CAUSAL=True, BS=128, BLOCK_M=64, HEAD_DIM=D, UPCAST=False)
     return kv._sparse_kv_fwd, pointers, values, constexprs
 
 
-if __name__ == "__main__":
-    import m3lite  # noqa: F401  (m3lite.env first)
-    which, *pairs = sys.argv[1:] or ["kv"]
-    fn, pointers, values, constexprs = {"kv": kv_report}[which]({})
+def main(argv):
+    if not argv or argv[0] != "kv" or any("=" not in a for a in argv[1:]):
+        raise SystemExit(__doc__)
+    fn, pointers, values, constexprs = kv_kernel()
     launch = dict(num_warps=4, num_stages=1)
-    for pair in pairs:
-        key, value = pair.split("=")
+    for pair in argv[1:]:
+        key, value = pair.split("=", 1)
         value = int(value) if value.lstrip("-").isdigit() else value == "True" if value in ("True", "False") else value
-        (launch if key in launch else constexprs if key in constexprs else values)[key] = value
-    print(which, {**constexprs, **launch}, compile_report(fn, pointers, values, constexprs, **launch))
+        target = launch if key in launch else constexprs if key in constexprs else values if key in values or key in (
+            "CHUNK", "ENTRIES_PER_PROGRAM") else None
+        if target is None:
+            raise SystemExit(f"unknown KEY {key!r}: one of {sorted([*launch, *constexprs, *values, 'CHUNK'])}")
+        target[key] = value
+    values.setdefault("CHUNK", constexprs["BLOCK_M"] // constexprs["G"])
+    values.setdefault("ENTRIES_PER_PROGRAM", values["CHUNK"] * 64)            # plan()'s 64 chunks a program
+    print("kv", {**constexprs, **launch, "CHUNK": values["CHUNK"], "ENTRIES_PER_PROGRAM": values["ENTRIES_PER_PROGRAM"]})
+    print(compile_report(fn, pointers, values, constexprs, **launch))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

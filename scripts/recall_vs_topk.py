@@ -1,7 +1,7 @@
 """How much of the attention the indexer's selection keeps as top_k grows, against the best
 possible selection of as many blocks (the oracle), on the shipped checkpoint's test haystacks.
 
-Usage: python scripts/recall_vs_topk.py [CHECKPOINT] [--lengths ...] [--top-k ...] [--examples N] [--out JSON]
+Usage (from the repository root): python scripts/recall_vs_topk.py [CHECKPOINT] [--lengths ...] [--top-k ...] [--examples N] [--out JSON]
 Changing top_k changes the MSA forward too (later layers see more blocks), so each top_k is its
 own model run; the weights stay the same.
 """
@@ -18,7 +18,7 @@ from m3lite.model import M3Lite
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", nargs="?", default="data/checkpoints/m3lite-small.safetensors")
     p.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048])
     p.add_argument("--top-k", type=int, nargs="+", default=[4, 8, 16])
@@ -44,7 +44,8 @@ def main(argv=None):
                   flush=True)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(dict(checkpoint=args.checkpoint, split="test", positions="all", rows=rows), f, indent=1)
+            json.dump(dict(checkpoint=args.checkpoint, split="test", key_modality="mixed", positions="all",
+                           per_layer="the MSA layers in order (1, 2, 3 for the shipped model)", rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":

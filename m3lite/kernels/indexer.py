@@ -1,7 +1,8 @@
 """The indexer in Triton: fused index scores + block max, and the top-k block selection.
 
 Twins: m3lite.attention.indexer.block_scores and select_blocks. The block-score kernel never writes
-token scores to memory: each program keeps a [BLOCK_M, BS] tile on chip and keeps only its max.
+token scores to memory: each [BLOCK_M, BLOCK_N] tile of scores stays on chip, and only each row's
+max per block reaches a [BLOCK_M, BLOCKS_PER_STORE] tile that is stored.
 """
 import struct
 
@@ -36,24 +37,25 @@ def _block_scores_fwd(IQ, IK, OUT,
         b_q = b_q.to(tl.float32)
     p_k = IK + i_b * stride_kb + offs_d[:, None]
     p_out = OUT + i_b * stride_ob + i_h * stride_oh + offs_m.to(tl.int64)[:, None] * stride_ot
-    # Groups of blocks that every row of the tile sees whole need no mask: a loop without one,
-    # then a loop over the rest (the diagonal, a partial last block, the future) with the mask.
+    # Groups of BLOCKS_PER_STORE blocks that every row of the tile sees whole need no mask: a loop
+    # without one, then a loop over the rest (the diagonal, a partial last block, the future) with it.
     first_pos = i_m * BLOCK_M + S - T                                 # the tile's earliest query
     clear = tl.minimum(S, first_pos + 1) if CAUSAL else S             # keys every row sees
     clear_groups = clear // (BS * BLOCKS_PER_STORE)
     seen = tl.minimum(S, (i_m + 1) * BLOCK_M + S - T) if CAUSAL else S  # keys some row sees
     offs_n = tl.arange(0, BLOCK_N)
-    for g in range(0, clear_groups):
+    for group in range(0, clear_groups):
         tile = tl.full([BLOCK_M, BLOCKS_PER_STORE], float("-inf"), tl.float32)
         for sub in range(0, BLOCKS_PER_STORE * (BS // BLOCK_N)):     # one key sub-tile an iteration: pipelined
-            cols = g * (BLOCKS_PER_STORE * BS) + sub * BLOCK_N + offs_n
+            cols = group * (BLOCKS_PER_STORE * BS) + sub * BLOCK_N + offs_n
             b_k = tl.load(p_k + cols[None, :] * stride_ks)
             if UPCAST:
                 b_k = b_k.to(tl.float32)
             best = tl.max(tl.dot(b_q, b_k), 1)
             in_block = offs_j[None, :] == sub // (BS // BLOCK_N)
             tile = tl.where(in_block, tl.maximum(tile, best[:, None]), tile)
-        tl.store(p_out + g * BLOCKS_PER_STORE + offs_j[None, :], tile * scale, mask=m_q[:, None])
+        # scale > 0, so scaling the maxima equals the max of the scaled scores (as _score_group does)
+        tl.store(p_out + group * BLOCKS_PER_STORE + offs_j[None, :], tile * scale, mask=m_q[:, None])
     for j0 in range(clear_groups * BLOCKS_PER_STORE, NB, BLOCKS_PER_STORE):
         tile = tl.full([BLOCK_M, BLOCKS_PER_STORE], float("-inf"), tl.float32)
         if j0 * BS < seen:
@@ -134,7 +136,7 @@ def select_blocks(scores, top_k, local, num_warps=1):
     rows = scores.reshape(-1, NB).float().contiguous()
     nb_pad = max(2, next_pow2(NB))                      # tl.topk needs at least 2 on Triton 3.6
     k_pad = min(max(2, next_pow2(top_k)), nb_pad)
-    sel = torch.full((rows.shape[0], top_k), -1, dtype=torch.int32, device=scores.device)
+    sel = torch.full((rows.shape[0], top_k), -1, dtype=torch.int32, device=scores.device)  # top_k > NB: the rest stay -1
     _select_blocks_fwd[(rows.shape[0],)](rows, sel, NB, min(top_k, k_pad), rows.stride(0), sel.stride(0),
                                         LOCAL=local, NB_PAD=nb_pad, K_PAD=k_pad,
                                         NEG_INF_KEY=_sort_key(float("-inf")), num_warps=num_warps)

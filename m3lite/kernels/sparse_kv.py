@@ -2,8 +2,8 @@
 chunks of the queries that chose it, with an exact softmax over that one block; every
 (query, slot) partial (o, lse) is written once; a combine kernel then merges each query's partials.
 
-Twin: sparse_attention(order="kv") (m3lite/attention/kv_order.py), which inverts the selection
-the same way (build_block_csr); `block_entries` below is that inversion written to stay on the GPU.
+Twin: sparse_attention(order="kv") (m3lite/attention/kv_order.py). Its build_block_csr and
+`block_entries` below compute the same inversion, the latter written to stay on the GPU.
 """
 from typing import NamedTuple
 
@@ -15,14 +15,14 @@ from .common import LOG2E, UPCAST, new_output, next_pow2
 
 
 @triton.jit
-def _sparse_kv_fwd(Q, K, V, ENTRIES, WORK_ROW, WORK_START, OFFSETS, O_PART, LSE_PART,
+def _sparse_kv_fwd(Q, K, V, ENTRIES, ROWS, STARTS, OFFSETS, O_PART, LSE_PART,
                    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_ks,
                    T, S, NB, HI, R, CHUNK, ENTRIES_PER_PROGRAM, qk_scale,
                    G: tl.constexpr, SLOTS: tl.constexpr, CAUSAL: tl.constexpr, BS: tl.constexpr,
                    BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr):
     i_w, i_r = tl.program_id(0), tl.program_id(1)
-    row = tl.load(WORK_ROW + i_w)                                      # a (batch, index head, block)
-    start = tl.load(WORK_START + i_w)
+    row = tl.load(ROWS + i_w)                                          # a (batch, index head, block)
+    start = tl.load(STARTS + i_w)
     end = tl.minimum(tl.load(OFFSETS + row + 1), start + ENTRIES_PER_PROGRAM)
     i_b, i_hi, j = (row // (HI * NB)).to(tl.int64), ((row // NB) % HI).to(tl.int32), (row % NB).to(tl.int32)
     i_kv = i_hi * R + i_r
@@ -126,14 +126,14 @@ def _combine_fwd(O_PART, LSE_PART, O, LSE, stride_ob, stride_oh, stride_ot, T, H
              tl.where(l_i > 0, m_i + tl.log(l_safe), float("-inf")), mask=m_r)
 
 
-def work_list(offsets, chunk):
-    """Split every CSR row into pieces of at most `chunk` entries: (row, first entry) per program."""
+def work_list(offsets, per_program):
+    """Split every CSR row into pieces of at most `per_program` entries: (row, first entry) per program."""
     counts = offsets.diff()
-    chunks = (counts + chunk - 1) // chunk
+    chunks = (counts + per_program - 1) // per_program
     rows = torch.repeat_interleave(torch.arange(len(counts), device=offsets.device), chunks)
     first_chunk = torch.cumsum(chunks, 0) - chunks
     index_in_row = torch.arange(len(rows), device=offsets.device) - first_chunk[rows]
-    return rows, offsets[rows] + index_in_row * chunk
+    return rows, offsets[rows] + index_in_row * per_program
 
 
 def block_entries(sel, num_blocks):
@@ -151,7 +151,7 @@ def block_entries(sel, num_blocks):
     first_row = torch.arange(B * HI, device=sel.device, dtype=torch.int32)[:, None] * num_blocks
     row = torch.where(flat >= 0, first_row + flat, num_rows).reshape(-1)
     key = row.to(torch.int16) if num_rows < 2 ** 15 else row                  # fewer radix-sort passes
-    sorted_rows, entries = torch.sort(key, stable=True)                        # stable: query order
+    sorted_rows, entries = torch.sort(key, stable=True)    # stable: query order, a query's repeats adjacent
     offsets = torch.searchsorted(sorted_rows, torch.arange(num_rows + 1, device=sel.device, dtype=key.dtype))
     if sel.numel() < 2 ** 31:                                               # else they stay int64
         entries = entries.to(torch.int32)
