@@ -83,6 +83,26 @@ def test_kv_kernel_chunk_boundaries(block_m, chunks_per_program):
     torch.testing.assert_close(lse, twin_lse, atol=1e-2 if ON_GPU else 1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("num_blocks", [7, 40_000])                  # int16 sort keys, then int32 ones
+def test_block_entries_invert_the_selection(num_blocks):
+    """The GPU-side inversion lists, per (batch, index head, block), the flat indices of the slots
+    that chose the block, in query order, with a repeated id's second slot marked -1."""
+    from m3lite.kernels.sparse_kv import block_entries
+    g = torch.Generator().manual_seed(0)
+    sel = torch.randint(-1, num_blocks, (2, 3, 9, 4), generator=g, dtype=torch.int32)
+    sel[0, 1, 5, 3] = sel[0, 1, 5, 1] = 2                               # a repeat
+    offsets, entries = block_entries(sel.to(DEVICE), num_blocks)
+    offsets, entries = offsets.cpu(), entries.cpu()
+    assert offsets.shape == (2 * 3 * num_blocks + 1,) and int(offsets[-1]) == int((sel >= 0).sum())
+    flat = sel.reshape(-1)
+    for row in torch.nonzero(offsets.diff()).flatten().tolist():
+        bh, j = divmod(row, num_blocks)
+        expected = [i for i in range(bh * 36, (bh + 1) * 36) if flat[i] == j]   # 36 = T * K slots per row
+        got = entries[offsets[row]:offsets[row + 1]].tolist()
+        first = [e for e in expected if all(flat[e2] != j for e2 in range(e - e % 4, e))]   # a query's first
+        assert got == [e if e in first else -1 for e in expected]
+
+
 @pytest.mark.parametrize("order", ORDERS)
 def test_empty_rows_and_future_blocks(order):
     q, k, v, sel = inputs((1, 4, 2, 2, 40, 40, 16, 16, 2))
