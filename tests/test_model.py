@@ -137,6 +137,13 @@ def test_bad_configs_are_refused():
         M3Config(dim=64.0)
     with pytest.raises(ValueError, match="index_rope_dim must be even"):
         M3Config(index_dim=16, index_rope_dim=18)
+    with pytest.raises(ValueError, match="qk_gain must be positive"):
+        M3Config(qk_gain=0.0)
+
+
+def test_qk_gain_scales_the_initial_logits():
+    q_norm = tiny(qk_gain=4.0).blocks[0].attn.q_norm
+    torch.testing.assert_close(q_norm.weight, torch.full_like(q_norm.weight, 2.0))   # 2 x 2 = 4 on every logit
     with pytest.raises(ValueError, match="unknown M3Config fields"):
         M3Config.from_dict({"dim": 64, "wings": 2})
 

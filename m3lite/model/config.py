@@ -10,7 +10,9 @@ class M3Config:
     """The M3 design at a small size: the first `dense_layers` layers dense, the rest MSA.
 
     Attention: GQA with `heads` query heads and `kv_heads` KV heads of `head_dim`, QK-norm, rotary
-    embedding on the first `rope_dim` dims of each head. MSA layers add an indexer (one index head
+    embedding on the first `rope_dim` dims of each head; `qk_gain` is the QK-norm weights' initial
+    product, so a logit can start at up to `qk_gain * sqrt(head_dim)` (1.0: the usual init, as in
+    the shipped checkpoint, whose gains stayed near 1). MSA layers add an indexer (one index head
     per KV group, dim `index_dim`, one shared index-key head) that picks `top_k` blocks of
     `block_size` tokens per query; `index_rope_dim` of its dims get rotary embedding too (0: the
     indexer cannot see positions, as in the shipped checkpoint). MLP: SwiGLU of width `mlp_hidden`.
@@ -22,6 +24,7 @@ class M3Config:
     kv_heads: int = 2
     head_dim: int = 32
     rope_dim: int = 16
+    qk_gain: float = 1.0
     index_dim: int = 32
     index_rope_dim: int = 0
     block_size: int = 32
@@ -49,6 +52,8 @@ class M3Config:
             raise ValueError(f"M3Config.dense_layers must lie in [0, layers={self.layers}], got {self.dense_layers}")
         if self.rope_dim % 2 or not 0 <= self.rope_dim <= self.head_dim:
             raise ValueError(f"M3Config.rope_dim must be even and in [0, head_dim={self.head_dim}], got {self.rope_dim}")
+        if not self.qk_gain > 0:
+            raise ValueError(f"M3Config.qk_gain must be positive, got {self.qk_gain}")
         if self.index_rope_dim % 2 or not 0 <= self.index_rope_dim <= self.index_dim:
             raise ValueError(f"M3Config.index_rope_dim must be even and in [0, index_dim={self.index_dim}], "
                              f"got {self.index_rope_dim}")

@@ -35,6 +35,8 @@ class Attention(nn.Module):
         self.wkv = nn.Linear(c.dim, 2 * c.kv_heads * c.head_dim, bias=False)
         self.wo = nn.Linear(c.heads * c.head_dim, c.dim, bias=False)
         self.q_norm, self.k_norm = nn.RMSNorm(c.head_dim), nn.RMSNorm(c.head_dim)
+        for norm in (self.q_norm, self.k_norm):                  # their product scales every logit
+            nn.init.constant_(norm.weight, c.qk_gain ** 0.5)
         self.indexer = Indexer(c.dim, c.kv_heads, c.index_dim, rope_dim=c.index_rope_dim,
                                rope_base=c.rope_base) if sparse else None
 

@@ -1,0 +1,71 @@
+"""How sharp is a model's attention? Per MSA layer and head, on test haystacks: the effective number
+of tokens each query attends (exp of the attention's entropy), and the range of its logits, against
+the largest logit QK-norm allows an aligned query and key: about sqrt(head_dim) times the product
+of the two norms' mean gains.
+
+Usage (from the repository root): python scripts/attention_sharpness.py [CHECKPOINT] [--length N]
+[--examples N] [--out JSON]. Queries in the second half of each haystack are measured.
+"""
+import argparse
+import json
+import math
+
+import torch
+
+import m3lite  # noqa: F401  (m3lite.env first)
+from m3lite import tasks
+from m3lite.model import M3Lite
+
+
+def sharpness(q, k, head_dim):
+    """(effective tokens [HQ], logit range [HQ]) over the second half of the queries of one example."""
+    G = q.shape[1] // k.shape[1]
+    logits = q @ k.repeat_interleave(G, 1).transpose(-1, -2) / math.sqrt(head_dim)      # [1, HQ, T, T]
+    T = logits.shape[-1]
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    rows = slice(T // 2, None)
+    probs = logits.masked_fill(future, float("-inf")).softmax(-1)[0, :, rows]
+    entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)
+    seen = logits[0, :, rows]
+    spread = seen.masked_fill(future[rows], float("-inf")).amax(-1) - seen.masked_fill(future[rows], float("inf")).amin(-1)
+    return entropy.exp().mean(-1), spread.mean(-1)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", nargs="?", default="data/checkpoints/m3lite-small.safetensors")
+    p.add_argument("--length", type=int, default=1024)
+    p.add_argument("--examples", type=int, default=4)
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    model = M3Lite.from_pretrained(args.checkpoint).eval()
+    c = model.config
+    layers = [i for i, block in enumerate(model.blocks) if block.attn.sparse]
+    effective, spread = torch.zeros(len(layers), c.heads), torch.zeros(len(layers), c.heads)
+    for seed in range(args.examples):
+        example = tasks.haystack(args.length, seed, "test", key_modality="mixed")
+        trace = []
+        with torch.no_grad():
+            model(example.tokens[None], example.media, attention="msa", trace=trace)
+        for j, t in enumerate(trace):
+            e, s = sharpness(t["q"], t["k"], c.head_dim)
+            effective[j] += e / args.examples
+            spread[j] += s / args.examples
+    rows = []
+    for j, i in enumerate(layers):
+        attn = model.blocks[i].attn
+        gain = (attn.q_norm.weight.abs().mean() * attn.k_norm.weight.abs().mean()).item()
+        rows.append(dict(layer=i, effective_tokens=[round(x, 1) for x in effective[j].tolist()],
+                         logit_range=[round(x, 2) for x in spread[j].tolist()], qk_norm_gain=round(gain, 3),
+                         aligned_logit=round(gain * math.sqrt(c.head_dim), 2)))
+        print(f"layer {i}: effective tokens per head {[round(x) for x in effective[j].tolist()]} of about "
+              f"{3 * args.length // 4} visible; logit range {[round(x, 1) for x in spread[j].tolist()]}; "
+              f"QK-norm gains {gain:.2f}: an aligned pair reaches about {gain * math.sqrt(c.head_dim):.1f}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(dict(checkpoint=args.checkpoint, context_len=args.length, examples=args.examples, split="test",
+                           queries="second half of each haystack", layers=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
