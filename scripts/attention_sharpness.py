@@ -14,6 +14,7 @@ import torch
 
 import m3lite  # noqa: F401  (m3lite.env first)
 from m3lite import tasks
+from m3lite.attention.common import visible_mask
 from m3lite.model import M3Lite
 
 
@@ -22,7 +23,7 @@ def sharpness(q, k, head_dim):
     G = q.shape[1] // k.shape[1]
     logits = q @ k.repeat_interleave(G, 1).transpose(-1, -2) / math.sqrt(head_dim)      # [1, HQ, T, T]
     T = logits.shape[-1]
-    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    future = ~visible_mask(T, T, True, q.device)
     rows = slice(T // 2, None)
     probs = logits.masked_fill(future, float("-inf")).softmax(-1)[0, :, rows]
     entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)
