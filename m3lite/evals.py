@@ -102,7 +102,7 @@ def indexer_recalls(model, examples, attentions=("msa", "untrained", "oracle"), 
                            for t in trace]                          # each [B, HQ, T]
                 for at in ats:
                     positions = slice(None) if at == "all" else answer
-                    per_layer[attention, at].append([r[..., positions].mean() for r in recalls])
+                    per_layer[attention, at].append([r[..., positions].mean().item() for r in recalls])
     return {key: torch.tensor(rows).mean(0).tolist() for key, rows in per_layer.items()}
 
 
@@ -145,11 +145,14 @@ def main(argv=None):
     p.add_argument("--recall-examples", type=int, default=16, help="haystacks per length for the indexer's recall")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--out", default=None, help="write the results here as JSON")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args(argv)
-    model = M3Lite.from_pretrained(args.checkpoint).eval()
+    model = M3Lite.from_pretrained(args.checkpoint).eval().to(args.device)
+    machine = (torch.cuda.get_device_name(args.device) if torch.device(args.device).type == "cuda"
+               else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
     start = time.time()
     result = {"checkpoint": str(args.checkpoint), "config": model.config.to_dict(), "torch": torch.__version__,
-              "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "split": "test",
+              "machine": machine, "split": "test",
               "perception": {}, "haystack": {m: [] for m in args.modes}, "recall": {"msa": [], "untrained": [], "oracle": []},
               "recall_at_answer": {"msa": [], "untrained": [], "oracle": []}}
     for task in ("caption", "video", "transcribe"):

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The shipped checkpoint's second phase (haystacks of 256 to 1024 tokens, MSA from the first step),
+# on every GPU of the machine, then its measurements on one GPU.
+# Usage: scripts/gpu_phase2.sh PHASE1_MODEL.safetensors SECONDS   (writes $OUT/phase2/)
+set -uo pipefail
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/m3lite-phase2}
+INIT=$1 BUDGET=$2
+GPUS=$(nvidia-smi -L | wc -l)
+RUN=$OUT/phase2
+mkdir -p "$RUN"
+timeout "$BUDGET" torchrun --standalone --nproc_per_node "$GPUS" -m m3lite.train --out "$RUN" --init "$INIT" \
+  --batch 32 --context-len 1024 --min-context-len 256 --steps 800 --warmup-steps 0 --lr 1e-3 \
+  --tasks caption video transcribe haystack haystack haystack --eval-every 200 --eval-examples 32 --ckpt-every 100 \
+  > "$RUN/stdout.txt" 2>&1
+tr '\r' '\n' < "$RUN/stdout.txt" | grep -E '^\{|Error|error' | tail -10
+rm -f "$RUN/checkpoint.pt"
+MODEL=$RUN/model.safetensors
+[ -f "$MODEL" ] || { echo "no model: phase 2 did not finish"; exit 1; }
+python3 scripts/attention_sharpness.py "$MODEL" --out "$RUN/attention-sharpness.json" > "$RUN/attention-sharpness.txt" 2>&1 &
+python3 scripts/recall_vs_topk.py "$MODEL" --out "$RUN/recall-vs-topk.json" > "$RUN/recall-vs-topk.txt" 2>&1 &
+timeout "$BUDGET" python3 -m m3lite.evals "$MODEL" --device cuda --lengths 256 512 1024 2048 4096 --out "$RUN/haystack.json" \
+  > "$RUN/evals.txt" 2>&1
+wait
+tail -n 30 "$RUN"/attention-sharpness.txt "$RUN"/recall-vs-topk.txt "$RUN"/evals.txt
