@@ -117,7 +117,9 @@ def oracle_selection(q, k, config):
 def with_untrained_indexers(model, seed=0):
     """A copy of `model` whose indexers are freshly initialised (as before any distillation)."""
     fresh = copy.deepcopy(model)
-    with torch.random.fork_rng():                                   # leave the caller's random state alone
+    device = next(model.parameters()).device
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):                       # leave the caller's random state alone
         torch.manual_seed(seed)
         for block in fresh.blocks:
             if block.attn.indexer is not None:

@@ -2,7 +2,7 @@
 # The shipped checkpoint's second phase (haystacks of 256 to 1024 tokens, MSA from the first step),
 # on every GPU of the machine, then its measurements on one GPU.
 # Usage: scripts/gpu_phase2.sh PHASE1_MODEL.safetensors SECONDS   (writes $OUT/phase2/)
-# CONTINUE_STEPS=N first continues phase 1 (256-token haystacks, lr 1e-3) for N steps, into $OUT/phase1b/.
+# PHASE2_STEPS=N sets its length (default 800). CONTINUE_STEPS=N first continues phase 1 (256-token haystacks, lr 1e-3) for N steps, into $OUT/phase1b/.
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/m3lite-phase2}
@@ -21,8 +21,8 @@ fi
 RUN=$OUT/phase2
 mkdir -p "$RUN"
 timeout "$BUDGET" torchrun --standalone --nproc_per_node "$GPUS" -m m3lite.train --out "$RUN" --init "$INIT" \
-  --batch 32 --context-len 1024 --min-context-len 256 --steps 800 --warmup-steps 0 --lr 1e-3 \
-  --tasks caption video transcribe haystack haystack haystack --eval-every 200 --eval-examples 32 --ckpt-every 100 \
+  --batch 32 --context-len 1024 --min-context-len 256 --steps "${PHASE2_STEPS:-800}" --warmup-steps 0 --lr 1e-3 \
+  --tasks caption video transcribe haystack haystack haystack --eval-every 400 --eval-examples 32 --ckpt-every 200 \
   > "$RUN/stdout.txt" 2>&1
 tr '\r' '\n' < "$RUN/stdout.txt" | grep -E '^\{|Error|error' | tail -10
 rm -f "$RUN/checkpoint.pt" "$RUN/stdout.txt"
