@@ -14,22 +14,18 @@ import torch
 
 import m3lite  # noqa: F401  (m3lite.env first)
 from m3lite import tasks
-from m3lite.attention.common import visible_mask
 from m3lite.model import M3Lite
+from m3lite.viz.training import effective_tokens
 
 
 def sharpness(q, k, head_dim):
     """(effective tokens [HQ], logit range [HQ]) over the second half of the queries of one example."""
-    G = q.shape[1] // k.shape[1]
-    logits = q @ k.repeat_interleave(G, 1).transpose(-1, -2) / math.sqrt(head_dim)      # [1, HQ, T, T]
-    T = logits.shape[-1]
-    future = ~visible_mask(T, T, True, q.device)
-    rows = slice(T // 2, None)
-    probs = logits.masked_fill(future, float("-inf")).softmax(-1)[0, :, rows]
-    entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)
-    seen = logits[0, :, rows]
-    spread = seen.masked_fill(future[rows], float("-inf")).amax(-1) - seen.masked_fill(future[rows], float("inf")).amin(-1)
-    return entropy.exp().mean(-1), spread.mean(-1)
+    q, k = q[0].float().cpu(), k[0].float().cpu()                                       # [HQ, T, D], [HKV, T, D]
+    T = q.shape[1]
+    logits = q[:, T // 2:] @ k.repeat_interleave(q.shape[0] // k.shape[0], 0).transpose(-1, -2) / math.sqrt(head_dim)
+    future = torch.arange(T) > torch.arange(T // 2, T)[:, None]
+    spread = logits.masked_fill(future, float("-inf")).amax(-1) - logits.masked_fill(future, float("inf")).amin(-1)
+    return effective_tokens(q, k, first_query=T // 2), spread.mean(-1)
 
 
 def main(argv=None):

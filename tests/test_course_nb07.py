@@ -9,9 +9,9 @@ from m3lite.attention import block_attention_mass, indexer_distillation_loss
 from m3lite.course import nb07
 from m3lite.model import M3Config, M3Lite
 from m3lite.solutions import nb07 as sol07
-from m3lite.viz.training import (answer_position, headroom_won, join_runs, mass_by_distance, plot_indexer_kl,
-                                 plot_kl_curves, plot_mass_by_distance, plot_query_selections, plot_recall_per_layer,
-                                 running_mean, trace_indexers)
+from m3lite.viz.training import (answer_position, effective_tokens, headroom_won, join_runs, mass_by_distance,
+                                 plot_indexer_kl, plot_kl_curves, plot_mass_by_distance, plot_query_selections,
+                                 plot_recall_per_layer, running_mean, trace_indexers)
 from conftest import exercise_checker_tests
 
 NEG_INF = float("-inf")
@@ -238,6 +238,20 @@ def _records(steps, warm, kl=0.1, every=None):
     return [dict(step=s, loss=1.0, indexer_kl=kl, phase="dense warm-up" if s <= warm else "msa",
                  **({"eval": {"step": s, "haystack_msa": 0.5, "haystack_dense": 0.4}} if every and s % every == 0
                     else {})) for s in range(1, steps + 1)]
+
+
+def test_effective_tokens_by_hand():
+    T, D = 6, 4
+    k = torch.zeros(1, T, D)
+    even = effective_tokens(torch.zeros(2, T, D), k)                     # equal logits: even over t + 1 keys
+    torch.testing.assert_close(even, torch.full((2,), (T + 1) / 2))
+    torch.testing.assert_close(effective_tokens(torch.zeros(2, T, D), k, first_query=4), torch.full((2,), 5.5))
+    k = torch.eye(T, D)[None] * 1e4                                      # key t points along axis t
+    q = torch.zeros(1, T, D)
+    q[0, :, 0] = 1.0                                                     # every query: key 0, far ahead
+    torch.testing.assert_close(effective_tokens(q, k), torch.ones(1))
+    with pytest.raises(ValueError, match="first_query"):
+        effective_tokens(q, k, first_query=T)
 
 
 def test_join_runs_numbers_steps_on():

@@ -55,6 +55,22 @@ def headroom_won(before, after, best):
     return [(a - b) / (o - b) if o > b else float("nan") for b, a, o in zip(before, after, best)]
 
 
+def effective_tokens(q, k, first_query=0):
+    """Per query head, how many tokens a query attends: exp of its causal attention's entropy, averaged
+    over the queries from `first_query` on (1 = all on one token; t + 1 = even over all it sees).
+
+    q [HQ, T, D] and k [HKV, T, D] of one sequence (as `trace_indexers` gives them). Returns float [HQ].
+    """
+    HQ, T, D = q.shape
+    if not 0 <= first_query < T:
+        raise ValueError(f"first_query must be in [0, {T}), got {first_query}")
+    logits = q[:, first_query:] @ k.repeat_interleave(HQ // k.shape[0], 0).transpose(-1, -2) * D ** -0.5
+    future = torch.arange(T) > torch.arange(first_query, T)[:, None]
+    probs = logits.float().masked_fill(future, float("-inf")).softmax(-1)
+    entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)                    # [HQ, rows]
+    return entropy.exp().mean(-1)
+
+
 def mass_by_distance(target, block_size, distances):
     """The mean target mass of the key block `d` blocks behind each query's own block, d = 0 .. distances - 1.
 
