@@ -57,6 +57,25 @@ def test_generate_with_the_cache_equals_greedy_forward(attention, index_rope_dim
     assert new == expected
 
 
+@pytest.mark.parametrize("name", ["m3lite-small", "m3lite-small-sharp"])
+def test_shipped_checkpoints_decode_with_the_cache_as_the_forward_does(name):
+    from pathlib import Path
+
+    from m3lite import evals, tasks
+    model = M3Lite.from_pretrained(Path(m3.__file__).parents[1] / "data" / "checkpoints" / f"{name}.safetensors").eval()
+    example = tasks.haystack(512, seed=3, split="test", key_modality="mixed")
+    start = int(example.loss_mask.nonzero()[0])                          # the answer's first token
+    prompt, answer = example.tokens[None, :start], example.tokens[start:].tolist()
+    new = model.generate(prompt, example.media, max_new_tokens=len(answer), stop_token=-1)
+    seq, expected = prompt, []
+    for _ in answer:
+        nxt = model(seq, example.media)[0][0, -1].argmax()
+        expected.append(int(nxt))
+        seq = torch.cat([seq, nxt.view(1, 1)], 1)
+    assert new == expected
+    assert (new == answer) == bool(evals.correct(model, [example])[0])
+
+
 def test_save_and_load_round_trip(tmp_path):
     model = tiny()
     path = tmp_path / "m.safetensors"
