@@ -115,17 +115,22 @@ def oracle_selection(q, k, config):
 
 
 def with_untrained_indexers(model, seed=0):
-    """A copy of `model` whose indexers are freshly initialised (as before any distillation)."""
+    """A copy of `model` whose indexers are freshly initialised (as before any distillation).
+
+    Drawn on the CPU, so the same seed gives the same indexers on every device."""
     fresh = copy.deepcopy(model)
-    device = next(model.parameters()).device
-    cuda = [device] if device.type == "cuda" else []
+    cuda = range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=cuda):                       # leave the caller's random state alone
         torch.manual_seed(seed)
         for block in fresh.blocks:
-            if block.attn.indexer is not None:
-                for module in block.attn.indexer.modules():
+            indexer = block.attn.indexer
+            if indexer is not None:
+                device = next(indexer.parameters()).device
+                indexer.cpu()
+                for module in indexer.modules():
                     if hasattr(module, "reset_parameters"):
                         module.reset_parameters()
+                indexer.to(device)
     return fresh
 
 

@@ -1,7 +1,7 @@
 """How sharp is a model's attention? Per MSA layer and head, on test haystacks: the effective number
 of tokens each query attends (exp of the attention's entropy), and the range of its logits, against
 the largest logit QK-norm allows an aligned query and key: about sqrt(head_dim) times the product
-of the two norms' mean gains.
+of the two norms' mean gains. Per KV group: how many key blocks hold 90% of its attention mass.
 
 Usage (from the repository root): python scripts/attention_sharpness.py [CHECKPOINT] [--length N]
 [--examples N] [--out JSON]. Queries in the second half of each haystack are measured.
@@ -15,7 +15,8 @@ import torch
 import m3lite  # noqa: F401  (m3lite.env first)
 from m3lite import tasks
 from m3lite.model import M3Lite
-from m3lite.viz.training import effective_tokens
+from m3lite.attention import block_attention_mass
+from m3lite.viz.training import blocks_holding, effective_tokens
 
 
 def sharpness(q, k, head_dim):
@@ -39,6 +40,7 @@ def main(argv=None):
     c = model.config
     layers = [i for i, block in enumerate(model.blocks) if block.attn.sparse]
     effective, spread = torch.zeros(len(layers), c.heads), torch.zeros(len(layers), c.heads)
+    needed = torch.zeros(len(layers), c.kv_heads)
     for seed in range(args.examples):
         example = tasks.haystack(args.length, seed, "test", key_modality="mixed")
         trace = []
@@ -48,16 +50,20 @@ def main(argv=None):
             e, s = sharpness(t["q"], t["k"], c.head_dim)
             effective[j] += e / args.examples
             spread[j] += s / args.examples
+            target = block_attention_mass(t["q"], t["k"], c.block_size, c.kv_heads)[0].cpu()
+            needed[j] += blocks_holding(target, 0.9, first_query=args.length // 2) / args.examples
     rows = []
     for j, i in enumerate(layers):
         attn = model.blocks[i].attn
         gain = (attn.q_norm.weight.abs().mean() * attn.k_norm.weight.abs().mean()).item()
         rows.append(dict(layer=i, effective_tokens=[round(x, 1) for x in effective[j].tolist()],
                          logit_range=[round(x, 2) for x in spread[j].tolist()], qk_norm_gain=round(gain, 3),
+                         blocks_for_90_percent=[round(x, 1) for x in needed[j].tolist()],
                          aligned_logit=round(gain * math.sqrt(c.head_dim), 2)))
         print(f"layer {i}: effective tokens per head {[round(x) for x in effective[j].tolist()]} of about "
               f"{3 * args.length // 4} visible; logit range {[round(x, 1) for x in spread[j].tolist()]}; "
-              f"QK-norm gains {gain:.2f}: an aligned pair reaches about {gain * math.sqrt(c.head_dim):.1f}")
+              f"QK-norm gains {gain:.2f}: an aligned pair reaches about {gain * math.sqrt(c.head_dim):.1f}; "
+              f"blocks of {c.block_size} holding 90% of a KV group's mass {[round(x, 1) for x in needed[j].tolist()]}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(dict(checkpoint=args.checkpoint, context_len=args.length, examples=args.examples, split="test",

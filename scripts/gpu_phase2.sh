@@ -1,36 +1,46 @@
 #!/usr/bin/env bash
 # The shipped checkpoint's second phase (haystacks of 256 to 1024 tokens, MSA from the first step),
-# on every GPU of the machine, then its measurements on one GPU.
-# Usage: scripts/gpu_phase2.sh PHASE1_MODEL.safetensors SECONDS   (writes $OUT/phase2/)
-# PHASE2_STEPS=N sets its length (default 800). CONTINUE_STEPS=N first continues phase 1 (256-token haystacks, lr 1e-3) for N steps, into $OUT/phase1b/.
+# on every GPU of the machine, then its measurements (evals on one GPU, the two scripts on the CPU).
+# Usage: scripts/gpu_phase2.sh PHASE1_MODEL.safetensors SECONDS   (writes $OUT/phase2/, which must not exist)
+# Options, as environment variables:
+#   PHASE2_STEPS=N    its length (default 800, as for the shipped checkpoint)
+#   EVAL_EVERY=N      evaluations every N steps (default 200), checkpoints every N / 2
+#   SEED=N            the training seed (default 0; a continuation with the same seed sees the same batches)
+#   CONTINUE_STEPS=N  first continue phase 1 (256-token haystacks, lr 1e-3) for N steps, into $OUT/phase1b/
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/m3lite-phase2}
 INIT=$1 BUDGET=$2
+EVAL_EVERY=${EVAL_EVERY:-200} SEED=${SEED:-0}
 GPUS=$(nvidia-smi -L | wc -l)
+
+run() {   # run NAME OPTIONS...: one DDP training run into $OUT/NAME, from $INIT; then INIT is its model
+  local dir=$OUT/$1
+  shift
+  if [ -e "$dir" ]; then echo "$dir exists: give a fresh OUT"; exit 1; fi
+  mkdir -p "$dir"
+  timeout "$BUDGET" torchrun --standalone --nproc_per_node "$GPUS" -m m3lite.train --out "$dir" --init "$INIT" \
+    --batch 32 --warmup-steps 0 --lr 1e-3 --seed "$SEED" --tasks caption video transcribe haystack haystack haystack \
+    "$@" > "$dir/stdout.txt" 2>&1
+  local status=$?
+  tr '\r' '\n' < "$dir/stdout.txt" | grep -E '^\{|Error|error' | tail -10
+  if [ $status -ne 0 ] || [ ! -f "$dir/model.safetensors" ]; then
+    echo "$dir: training failed (exit $status); see $dir/stdout.txt"; exit 1
+  fi
+  rm -f "$dir/checkpoint.pt" "$dir/stdout.txt"
+  INIT=$dir/model.safetensors
+}
+
 if [ "${CONTINUE_STEPS:-0}" -gt 0 ]; then
-  mkdir -p "$OUT/phase1b"
-  timeout "$BUDGET" torchrun --standalone --nproc_per_node "$GPUS" -m m3lite.train --out "$OUT/phase1b" --init "$INIT" \
-    --batch 32 --context-len 256 --steps "$CONTINUE_STEPS" --warmup-steps 0 --lr 1e-3 \
-    --tasks caption video transcribe haystack haystack haystack --eval-every 400 --eval-examples 64 --ckpt-every 400 \
-    > "$OUT/phase1b/stdout.txt" 2>&1
-  tr '\r' '\n' < "$OUT/phase1b/stdout.txt" | grep -E '^\{|Error|error' | tail -10
-  rm -f "$OUT/phase1b/checkpoint.pt" "$OUT/phase1b/stdout.txt"
-  INIT=$OUT/phase1b/model.safetensors
+  run phase1b --context-len 256 --steps "$CONTINUE_STEPS" --eval-every 400 --eval-examples 64 --ckpt-every 400
 fi
+run phase2 --context-len 1024 --min-context-len 256 --steps "${PHASE2_STEPS:-800}" --eval-every "$EVAL_EVERY" \
+  --eval-examples 32 --ckpt-every $(( EVAL_EVERY / 2 ))
 RUN=$OUT/phase2
-mkdir -p "$RUN"
-timeout "$BUDGET" torchrun --standalone --nproc_per_node "$GPUS" -m m3lite.train --out "$RUN" --init "$INIT" \
-  --batch 32 --context-len 1024 --min-context-len 256 --steps "${PHASE2_STEPS:-800}" --warmup-steps 0 --lr 1e-3 \
-  --tasks caption video transcribe haystack haystack haystack --eval-every 400 --eval-examples 32 --ckpt-every 200 \
-  > "$RUN/stdout.txt" 2>&1
-tr '\r' '\n' < "$RUN/stdout.txt" | grep -E '^\{|Error|error' | tail -10
-rm -f "$RUN/checkpoint.pt" "$RUN/stdout.txt"
-MODEL=$RUN/model.safetensors
-[ -f "$MODEL" ] || { echo "no model: phase 2 did not finish"; exit 1; }
-python3 scripts/attention_sharpness.py "$MODEL" --out "$RUN/attention-sharpness.json" > "$RUN/attention-sharpness.txt" 2>&1 &
-python3 scripts/recall_vs_topk.py "$MODEL" --out "$RUN/recall-vs-topk.json" > "$RUN/recall-vs-topk.txt" 2>&1 &
-timeout "$BUDGET" python3 -m m3lite.evals "$MODEL" --device cuda --lengths 256 512 1024 2048 4096 --out "$RUN/haystack.json" \
-  > "$RUN/evals.txt" 2>&1
+MODEL_FILE=$RUN/model.safetensors
+python3 scripts/attention_sharpness.py "$MODEL_FILE" --out "$RUN/attention-sharpness.json" > "$RUN/attention-sharpness.txt" 2>&1 &
+python3 scripts/recall_vs_topk.py "$MODEL_FILE" --out "$RUN/recall-vs-topk.json" > "$RUN/recall-vs-topk.txt" 2>&1 &
+timeout "$BUDGET" python3 -m m3lite.evals "$MODEL_FILE" --device cuda --lengths 256 512 1024 2048 4096 \
+  --out "$RUN/haystack.json" > "$RUN/evals.txt" 2>&1
 wait
 tail -n 30 "$RUN"/attention-sharpness.txt "$RUN"/recall-vs-topk.txt "$RUN"/evals.txt

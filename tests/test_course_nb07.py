@@ -9,9 +9,9 @@ from m3lite.attention import block_attention_mass, indexer_distillation_loss
 from m3lite.course import nb07
 from m3lite.model import M3Config, M3Lite
 from m3lite.solutions import nb07 as sol07
-from m3lite.viz.training import (answer_position, effective_tokens, headroom_won, join_runs, mass_by_distance,
-                                 plot_indexer_kl, plot_kl_curves, plot_mass_by_distance, plot_query_selections,
-                                 plot_recall_per_layer, running_mean, trace_indexers)
+from m3lite.viz.training import (answer_position, blocks_holding, effective_tokens, headroom_won, join_runs,
+                                 mass_by_distance, plot_indexer_kl, plot_kl_curves, plot_mass_by_distance,
+                                 plot_query_selections, plot_recall_per_layer, running_mean, trace_indexers)
 from conftest import exercise_checker_tests
 
 NEG_INF = float("-inf")
@@ -252,6 +252,16 @@ def test_effective_tokens_by_hand():
     torch.testing.assert_close(effective_tokens(q, k), torch.ones(1))
     with pytest.raises(ValueError, match="first_query"):
         effective_tokens(q, k, first_query=T)
+
+
+def test_blocks_holding_by_hand():
+    target = torch.tensor([[[1.0, 0.0, 0.0, 0.0],              # one block holds it all
+                            [0.5, 0.3, 0.2, 0.0],              # 0.5 + 0.3 < 0.9: three blocks
+                            [0.25, 0.25, 0.25, 0.25]]])        # even: all four
+    torch.testing.assert_close(blocks_holding(target), torch.tensor([(1 + 3 + 4) / 3]))
+    torch.testing.assert_close(blocks_holding(target, share=0.8, first_query=1), torch.tensor([(2 + 4) / 2]))
+    with pytest.raises(ValueError, match="share"):
+        blocks_holding(target, share=0)
 
 
 def test_join_runs_numbers_steps_on():

@@ -70,4 +70,5 @@ class M3Config:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown M3Config fields {sorted(unknown)} (a checkpoint from another version?)")
-        return cls(**values)
+        floats = {f.name for f in fields(cls) if f.type in (float, "float")}
+        return cls(**{name: float(v) if name in floats and isinstance(v, int) else v for name, v in values.items()})

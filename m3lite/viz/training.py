@@ -65,10 +65,24 @@ def effective_tokens(q, k, first_query=0):
     if not 0 <= first_query < T:
         raise ValueError(f"first_query must be in [0, {T}), got {first_query}")
     logits = q[:, first_query:] @ k.repeat_interleave(HQ // k.shape[0], 0).transpose(-1, -2) * D ** -0.5
-    future = torch.arange(T) > torch.arange(first_query, T)[:, None]
+    future = torch.arange(T, device=q.device) > torch.arange(first_query, T, device=q.device)[:, None]
     probs = logits.float().masked_fill(future, float("-inf")).softmax(-1)
     entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)                    # [HQ, rows]
     return entropy.exp().mean(-1)
+
+
+def blocks_holding(target, share=0.9, first_query=0):
+    """Per index head, how many key blocks it takes to hold `share` of a query's group attention mass
+    (the heaviest blocks first), averaged over the queries from `first_query` on.
+
+    target [HI, T, NB] (`block_attention_mass` of one sequence). Returns float [HI]. Compare with
+    top_k: a query whose mass needs more blocks than top_k cannot reach a recall of `share`.
+    """
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], got {share}")
+    mass = target[:, first_query:].sort(-1, descending=True).values.cumsum(-1)      # [HI, rows, NB]
+    needed = (mass < share - 1e-6).sum(-1) + 1                                      # blocks until the share is reached
+    return needed.clamp_max(target.shape[-1]).float().mean(-1)
 
 
 def mass_by_distance(target, block_size, distances):
