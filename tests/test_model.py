@@ -40,6 +40,16 @@ def test_msa_with_every_block_is_dense():
     torch.testing.assert_close(model(tokens, media)[0], model(tokens, media, attention="dense")[0])
 
 
+def greedy_without_cache(model, tokens, media, steps, attention="msa"):
+    """The next `steps` greedy tokens, each from a full forward over everything so far."""
+    new = []
+    for _ in range(steps):
+        nxt = model(tokens, media, attention=attention)[0][0, -1].argmax()
+        new.append(int(nxt))
+        tokens = torch.cat([tokens, nxt.view(1, 1)], 1)
+    return new
+
+
 @pytest.mark.parametrize("attention,index_rope_dim", [("msa", 0), ("dense", 0), ("msa", 8)])
 def test_generate_with_the_cache_equals_greedy_forward(attention, index_rope_dim):
     model = tiny(index_rope_dim=index_rope_dim)          # a positional indexer gets positions in both paths
@@ -49,12 +59,7 @@ def test_generate_with_the_cache_equals_greedy_forward(attention, index_rope_dim
     model.head = head
     tokens, media = stream(L=90)
     new = model.generate(tokens, media, max_new_tokens=6, attention=attention, stop_token=-1)
-    seq, expected = tokens, []
-    for _ in range(6):
-        nxt = model(seq, media, attention=attention)[0][0, -1].argmax()
-        expected.append(int(nxt))
-        seq = torch.cat([seq, nxt.view(1, 1)], 1)
-    assert new == expected
+    assert new == greedy_without_cache(model, tokens, media, 6, attention)
 
 
 @pytest.mark.parametrize("name", ["m3lite-small", "m3lite-small-sharp"])
@@ -67,12 +72,7 @@ def test_shipped_checkpoints_decode_with_the_cache_as_the_forward_does(name):
     start = int(example.loss_mask.nonzero()[0])                          # the answer's first token
     prompt, answer = example.tokens[None, :start], example.tokens[start:].tolist()
     new = model.generate(prompt, example.media, max_new_tokens=len(answer), stop_token=-1)
-    seq, expected = prompt, []
-    for _ in answer:
-        nxt = model(seq, example.media)[0][0, -1].argmax()
-        expected.append(int(nxt))
-        seq = torch.cat([seq, nxt.view(1, 1)], 1)
-    assert new == expected
+    assert new == greedy_without_cache(model, prompt, example.media, len(answer))
     assert (new == answer) == bool(evals.correct(model, [example])[0])
 
 
