@@ -16,6 +16,7 @@ import m3lite  # noqa: F401  (m3lite.env first)
 from m3lite import tasks
 from m3lite.model import M3Lite
 from m3lite.attention import block_attention_mass
+from m3lite.attention.common import visible_mask
 from m3lite.viz.training import blocks_holding, effective_tokens
 
 
@@ -24,7 +25,7 @@ def sharpness(q, k, head_dim):
     q, k = q[0].float().cpu(), k[0].float().cpu()                                       # [HQ, T, D], [HKV, T, D]
     T = q.shape[1]
     logits = q[:, T // 2:] @ k.repeat_interleave(q.shape[0] // k.shape[0], 0).transpose(-1, -2) / math.sqrt(head_dim)
-    future = torch.arange(T) > torch.arange(T // 2, T)[:, None]
+    future = ~visible_mask(T, T, True, q.device)[T // 2:]
     spread = logits.masked_fill(future, float("-inf")).amax(-1) - logits.masked_fill(future, float("inf")).amin(-1)
     return effective_tokens(q, k, first_query=T // 2), spread.mean(-1)
 

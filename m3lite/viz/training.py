@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from ..attention import block_attention_mass, block_scores
+from ..attention.common import visible_mask
 from .attention import SELECTION_COLORS, SELECTION_NAMES, selection_categories
 from .explorer import SPAN_COLORS
 from .gather import PALETTE
@@ -65,7 +66,7 @@ def effective_tokens(q, k, first_query=0):
     if not 0 <= first_query < T:
         raise ValueError(f"first_query must be in [0, {T}), got {first_query}")
     logits = q[:, first_query:] @ k.repeat_interleave(HQ // k.shape[0], 0).transpose(-1, -2) * D ** -0.5
-    future = torch.arange(T, device=q.device) > torch.arange(first_query, T, device=q.device)[:, None]
+    future = ~visible_mask(T, T, True, q.device)[first_query:]
     probs = logits.float().masked_fill(future, float("-inf")).softmax(-1)
     entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)                    # [HQ, rows]
     return entropy.exp().mean(-1)
