@@ -37,17 +37,24 @@ def kv_sweep(case, pattern, repeats, profile=False):
     for c in [32, 64, 128]:
         p = kv.plan(sel, T, BS, G, chunks_per_program=c)
         rows.append((f"partials c{c}", lambda p=p: kv.partials(q, k, v, sel.shape, p, BS, True, scale), p))
-    for r, w, st in [(128, 4, 2)]:
+    p128 = kv.plan(sel, T, BS, G, block_m=128, chunks_per_program=32)
+    rows.append(("partials bm128 c32 w8", lambda: kv.partials(q, k, v, sel.shape, p128, BS, True, scale, 8), p128))
+    rows.append(("v1 combine r128 w4 s2", lambda: kv_v1.combine(o1, l1, q.shape, HI, K), "combine"))
+    for r, w, st in [(128, 4, 2), (128, 4, 3), (64, 4, 3), (128, 8, 3), (256, 8, 2)]:
         rows.append((f"combine r{r} w{w} s{st}", lambda r=r, w=w, st=st: kv.combine(o1, l1, q.shape, HI, K, r, w, st),
-                     None))
+                     "combine"))
     for name, fn, p in rows:
         err = ""
-        if p is not None:
+        if p == "combine":
+            err = f"err vs v1 {relative_error(fn()[0], ref):.1e}"
+        elif p is not None:
             o_part, lse_part = fn()
             out, _ = kv.combine(o_part, lse_part, q.shape, HI, K)
             err = f"err vs v1 {relative_error(out, ref):.1e}"
         ms = time_ms(fn, repeats)
-        rate = f"{useful / ms / 1e9:6.1f} TFLOP/s" if p is not None else ""
+        rate = f"{useful / ms / 1e9:6.1f} TFLOP/s" if p not in (None, "combine") else ""
+        if p == "combine":
+            rate = f"{(o1.numel() * o1.element_size() + l1.numel() * 4) / ms / 1e6:6.0f} GB/s of partials read"
         print(f"  {name:55s} {ms:8.2f} ms {rate} {err}", flush=True)
     if profile:
         from torch.profiler import ProfilerActivity, profile as torch_profile

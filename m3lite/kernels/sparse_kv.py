@@ -91,39 +91,41 @@ def _gather_q(p_q, t, m_row, stride_qt, UPCAST: tl.constexpr):
 
 @triton.jit
 def _combine_fwd(O_PART, LSE_PART, O, LSE, stride_ob, stride_oh, stride_ot, T, HI, NUM_SLOTS,
-                 HEADS: tl.constexpr, BLOCK_R: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """Merge the NUM_SLOTS partials of each (query, head) like split-KV decoding.
+                 SLOTS_POW2: tl.constexpr, HEADS: tl.constexpr, BLOCK_R: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Merge the NUM_SLOTS partials of each (query, head) like split-KV decoding, in two passes:
+    every slot's weight from the lses first, then the weighted sum of the partial outputs.
 
-    A program takes BLOCK_R consecutive (query, head) rows of one (batch, index head).
+    A program takes BLOCK_R consecutive (query, head) rows of one (batch, index head). With the
+    weights known up front, the second pass is only loads and multiply-adds, one slot after another
+    with nothing carried between them but the sum: its loads can all be in flight at once.
     """
     i_r, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)           # i_bh = b * HI + hi
     offs_r = i_r * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_d = tl.arange(0, HEAD_DIM)
+    offs_s = tl.arange(0, SLOTS_POW2)
     t, h = offs_r // HEADS, offs_r % HEADS
     m_r = t < T
     first_part = ((i_bh * T + t) * NUM_SLOTS) * HEADS + h                 # slot 0 of each row
-    m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_R], tl.float32)
+    # -- pass 1: the lse of each row over all its slots
+    lses = tl.load(LSE_PART + first_part[:, None] + offs_s[None, :] * HEADS,
+                   mask=m_r[:, None] & (offs_s[None, :] < NUM_SLOTS), other=float("-inf"))
+    m = tl.max(lses, 1)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    l = tl.sum(tl.exp(lses - m_safe[:, None]), 1)
+    lse = tl.where(l > 0, m_safe + tl.log(tl.where(l > 0, l, 1.0)), float("-inf"))
+    lse_safe = tl.where(l > 0, lse, 0.0)
+    # -- pass 2: out = sum over slots of exp(lse_slot - lse) * o_slot
     acc = tl.zeros([BLOCK_R, HEAD_DIM], tl.float32)
     for slot in range(NUM_SLOTS):
         part = first_part + slot * HEADS
-        lse = tl.load(LSE_PART + part, mask=m_r, other=float("-inf"))
-        used = lse > float("-inf")
-        o = tl.load(O_PART + part[:, None] * HEAD_DIM + offs_d[None, :], mask=used[:, None], other=0.0)
-        m_new = tl.maximum(m_i, lse)
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_safe)
-        w = tl.exp(lse - m_safe)
-        l_i = l_i * alpha + w
-        acc = acc * alpha[:, None] + w[:, None] * o.to(tl.float32)
-        m_i = m_new
-    l_safe = tl.where(l_i > 0, l_i, 1.0)
+        w = tl.exp(tl.load(LSE_PART + part, mask=m_r, other=float("-inf")) - lse_safe)   # 0 for unused slots
+        o = tl.load(O_PART + part[:, None] * HEAD_DIM + offs_d[None, :], mask=(w > 0)[:, None], other=0.0)
+        acc += w[:, None] * o.to(tl.float32)
     i_b, i_hi = i_bh // HI, i_bh % HI
     heads = i_hi * HEADS + h
     tl.store(O + i_b * stride_ob + heads[:, None] * stride_oh + t[:, None] * stride_ot + offs_d[None, :],
-             (acc / l_safe[:, None]).to(O.dtype.element_ty), mask=m_r[:, None])
-    tl.store(LSE + (i_b * HI * HEADS + heads) * T + t,
-             tl.where(l_i > 0, m_i + tl.log(l_safe), float("-inf")), mask=m_r)
+             acc.to(O.dtype.element_ty), mask=m_r[:, None])
+    tl.store(LSE + (i_b * HI * HEADS + heads) * T + t, lse, mask=m_r)
 
 
 def work_list(offsets, per_program):
@@ -207,8 +209,8 @@ def combine(o_part, lse_part, q_shape, HI, K, block_r=128, num_warps=4, num_stag
     heads = HQ // HI
     grid = (triton.cdiv(T * heads, block_r), B * HI)
     _combine_fwd[grid](o_part, lse_part, out, lse, out.stride(0), out.stride(1), out.stride(2),
-                       T, HI, K, HEADS=heads, BLOCK_R=block_r, HEAD_DIM=D, num_warps=num_warps,
-                       num_stages=num_stages)
+                       T, HI, K, SLOTS_POW2=next_pow2(K), HEADS=heads, BLOCK_R=block_r, HEAD_DIM=D,
+                       num_warps=num_warps, num_stages=num_stages)
     return out, lse
 
 
