@@ -6,12 +6,13 @@
 #   PHASE2_STEPS=N    its length (default 800, as for the shipped checkpoint)
 #   EVAL_EVERY=N      evaluations every N steps (default 200), checkpoints every N / 2
 #   SEED=N            the training seed (default 0; a continuation with the same seed sees the same batches)
+#   BATCH=N           examples per GPU and step (default 32)
 #   CONTINUE_STEPS=N  first continue phase 1 (256-token haystacks, lr 1e-3) for N steps, into $OUT/phase1b/
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/m3lite-phase2}
 INIT=$1 BUDGET=$2
-EVAL_EVERY=${EVAL_EVERY:-200} SEED=${SEED:-0}
+EVAL_EVERY=${EVAL_EVERY:-200} SEED=${SEED:-0} BATCH=${BATCH:-32}
 GPUS=$(nvidia-smi -L | wc -l)
 
 run() {   # run NAME OPTIONS...: one DDP training run into $OUT/NAME, from $INIT; then INIT is its model
@@ -20,7 +21,7 @@ run() {   # run NAME OPTIONS...: one DDP training run into $OUT/NAME, from $INIT
   if [ -e "$dir" ]; then echo "$dir exists: give a fresh OUT"; exit 1; fi
   mkdir -p "$dir"
   timeout "$BUDGET" torchrun --standalone --nproc_per_node "$GPUS" -m m3lite.train --out "$dir" --init "$INIT" \
-    --batch 32 --warmup-steps 0 --lr 1e-3 --seed "$SEED" --tasks caption video transcribe haystack haystack haystack \
+    --batch "$BATCH" --warmup-steps 0 --lr 1e-3 --seed "$SEED" --tasks caption video transcribe haystack haystack haystack \
     "$@" > "$dir/stdout.txt" 2>&1
   local status=$?
   tr '\r' '\n' < "$dir/stdout.txt" | grep -E '^\{|Error|error' | tail -10

@@ -62,7 +62,7 @@ def test_generate_with_the_cache_equals_greedy_forward(attention, index_rope_dim
     assert new == greedy_without_cache(model, tokens, media, 6, attention)
 
 
-@pytest.mark.parametrize("name", ["m3lite-small", "m3lite-small-sharp"])
+@pytest.mark.parametrize("name", ["m3lite-small", "m3lite-small-sharp", "m3lite-small-sharp-dense2"])
 def test_shipped_checkpoints_decode_with_the_cache_as_the_forward_does(name):
     from pathlib import Path
 
@@ -74,6 +74,19 @@ def test_shipped_checkpoints_decode_with_the_cache_as_the_forward_does(name):
     new = model.generate(prompt, example.media, max_new_tokens=len(answer), stop_token=-1)
     assert new == greedy_without_cache(model, prompt, example.media, len(answer))
     assert (new == answer) == bool(evals.correct(model, [example])[0])
+
+
+def test_with_dense_layers_keeps_the_weights_and_drops_the_indexers():
+    model = tiny()                                                       # 1 dense layer of 3
+    tokens, media = stream(L=100)
+    all_dense = model.with_dense_layers(3)
+    assert all_dense.config.dense_layers == 3 and not any(".indexer." in n for n in all_dense.state_dict())
+    torch.testing.assert_close(all_dense(tokens, media)[0], model(tokens, media, attention="dense")[0])
+    two = model.with_dense_layers(2)
+    assert sum(".indexer." in n for n in two.state_dict()) == sum(".indexer." in n for n in model.state_dict()) // 2
+    for bad in (0, 4, True, 2.0):
+        with pytest.raises(ValueError, match="dense_layers"):
+            model.with_dense_layers(bad)
 
 
 def test_save_and_load_round_trip(tmp_path):

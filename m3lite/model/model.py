@@ -7,6 +7,7 @@
 Each layer: RMSNorm -> attention -> residual, RMSNorm -> SwiGLU MLP -> residual. The first
 `dense_layers` layers attend densely; the others are MSA layers, each with its own indexer.
 """
+import dataclasses
 import json
 
 import torch
@@ -218,6 +219,19 @@ class M3Lite(nn.Module):
                 break
             x, positions = self.embed(token[:, None]), positions[-1:] + 1
         return new
+
+    def with_dense_layers(self, dense_layers):
+        """A copy whose first `dense_layers` layers attend densely: the same weights, the indexers of
+        the layers that turn dense dropped (to fine-tune from, as m3lite-small-sharp-dense2 was)."""
+        c = self.config
+        if isinstance(dense_layers, bool) or not isinstance(dense_layers, int) \
+                or not c.dense_layers <= dense_layers <= c.layers:
+            raise ValueError(f"dense_layers must be an int in [{c.dense_layers}, {c.layers}] (this model has "
+                             f"{c.dense_layers} dense layers of {c.layers}), got {dense_layers!r}")
+        model = type(self)(dataclasses.replace(c, dense_layers=dense_layers))
+        kept = {name: w for name, w in self.state_dict().items() if name in model.state_dict()}
+        model.load_state_dict(kept)                                     # strict: every kept weight has a place
+        return model.to(next(self.parameters()).device)
 
     def save(self, path):
         """Weights and config in one safetensors file."""
