@@ -97,7 +97,7 @@ def _combine_fwd(O_PART, LSE_PART, O, LSE, stride_ob, stride_oh, stride_ot, T, H
 
     A program takes BLOCK_R consecutive (query, head) rows of one (batch, index head). With the
     weights known up front, the second pass is only loads and multiply-adds, one slot after another
-    with nothing carried between them but the sum: its loads can all be in flight at once.
+    with nothing carried between them but the sum: no load waits on the last slot's arithmetic.
     """
     i_r, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)           # i_bh = b * HI + hi
     offs_r = i_r * BLOCK_R + tl.arange(0, BLOCK_R)
