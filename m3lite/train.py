@@ -195,7 +195,7 @@ def train(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    model = (M3Lite.from_pretrained(args.init) if args.init else M3Lite(model_config(args))).to(device)
+    model = (M3Lite.from_pretrained(args.init) if args.init else M3Lite(model_config(args))).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     start = load_checkpoint(out / "checkpoint.pt", model, optimizer, args) if args.resume else 0
     net = model

@@ -76,6 +76,13 @@ def test_shipped_checkpoints_decode_with_the_cache_as_the_forward_does(name):
     assert (new == answer) == bool(evals.correct(model, [example])[0])
 
 
+def test_training_and_inference_take_different_orders_with_the_same_result():
+    model = tiny()                       # training: query-order gather; inference on a CPU: KV outer
+    tokens, media = stream(L=100)
+    with torch.no_grad():
+        torch.testing.assert_close(model.train()(tokens, media)[0], model.eval()(tokens, media)[0])
+
+
 def test_with_dense_layers_keeps_the_weights_and_drops_the_indexers():
     model = tiny()                                                       # 1 dense layer of 3
     tokens, media = stream(L=100)
@@ -94,6 +101,7 @@ def test_save_and_load_round_trip(tmp_path):
     path = tmp_path / "m.safetensors"
     model.save(path)
     loaded = M3Lite.from_pretrained(path)
+    assert not loaded.training                                           # loaded for inference
     assert loaded.config == model.config
     tokens, media = stream()
     assert torch.equal(loaded(tokens, media)[0], model(tokens, media)[0])
