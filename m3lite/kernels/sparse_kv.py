@@ -118,6 +118,7 @@ def _combine_fwd(O_PART, LSE_PART, O, LSE, stride_ob, stride_oh, stride_ot, T, H
     acc = tl.zeros([BLOCK_R, HEAD_DIM], tl.float32)
     for slot in range(NUM_SLOTS):
         part = first_part + slot * HEADS
+        # the slot's lse is read again (from cache): simpler than picking its column out of `lses`
         w = tl.exp(tl.load(LSE_PART + part, mask=m_r, other=float("-inf")) - lse_safe)   # 0 for unused slots
         o = tl.load(O_PART + part[:, None] * HEAD_DIM + offs_d[None, :], mask=(w > 0)[:, None], other=0.0)
         acc += w[:, None] * o.to(tl.float32)

@@ -224,7 +224,8 @@ class M3Lite(nn.Module):
 
     def with_dense_layers(self, dense_layers):
         """A copy whose first `dense_layers` layers attend densely: the same weights, the indexers of
-        the layers that turn dense dropped (to fine-tune from, as m3lite-small-sharp-dense2 was)."""
+        the layers that turn dense dropped. The copy is in training mode: it is made to be fine-tuned,
+        as m3lite-small-sharp-dense2 was."""
         c = self.config
         if isinstance(dense_layers, bool) or not isinstance(dense_layers, int) \
                 or not c.dense_layers <= dense_layers <= c.layers:
