@@ -76,11 +76,17 @@ def test_shipped_checkpoints_decode_with_the_cache_as_the_forward_does(name):
     assert (new == answer) == bool(evals.correct(model, [example])[0])
 
 
-def test_training_and_inference_take_different_orders_with_the_same_result():
-    model = tiny()                       # training: query-order gather; inference on a CPU: KV outer
+def test_training_and_inference_take_different_orders_with_the_same_result(monkeypatch):
+    import m3lite.model.model as model_module
+    orders, sparse_attention = [], model_module.sparse_attention
+    monkeypatch.setattr(model_module, "sparse_attention",
+                        lambda *args, order, **kwargs: orders.append(order) or sparse_attention(*args, order=order, **kwargs))
+    model = tiny()
     tokens, media = stream(L=100)
     with torch.no_grad():
-        torch.testing.assert_close(model.train()(tokens, media)[0], model.eval()(tokens, media)[0])
+        trained, inferred = model.train()(tokens, media)[0], model.eval()(tokens, media)[0]
+    assert orders == ["query"] * 2 + ["kv"] * 2                           # 2 MSA layers, each way
+    torch.testing.assert_close(trained, inferred)
 
 
 def test_with_dense_layers_keeps_the_weights_and_drops_the_indexers():
