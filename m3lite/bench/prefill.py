@@ -32,13 +32,13 @@ def index_inputs(B, HI, T, D, pattern, device, seed=0):
     return iq.bfloat16(), ik.bfloat16()
 
 
-def random_selection(B, HI, T, NB, BS, K, device, seed=0):
+def random_selection(B, HI, T, NB, BS, K, device, seed=0, backend="triton"):
     """Each query: its own block plus K - 1 uniformly random earlier blocks (the worst case)."""
     g = torch.Generator(device=device).manual_seed(seed)
     own = (torch.arange(T, device=device) // BS)[:, None]
     scores = torch.rand(B, HI, T, NB, device=device, generator=g)
     scores = scores.masked_fill(torch.arange(NB, device=device) > own, float("-inf"))
-    return m3.select_blocks(scores, top_k=K, backend="triton")
+    return m3.select_blocks(scores, top_k=K, backend=backend)
 
 
 def attended_tokens(sel, T, S, BS):
