@@ -12,13 +12,8 @@ import argparse
 import torch
 
 import m3lite as m3
+from m3lite.attention.common import chosen_blocks
 from m3lite.bench.prefill import index_inputs, random_selection
-
-
-def chosen_blocks(sel, num_blocks):
-    """sel [T, K] (-1 padded) -> [T, num_blocks] bool: which blocks each query chose."""
-    chosen = torch.zeros(sel.shape[0], num_blocks, dtype=torch.bool)
-    return chosen.scatter_(1, sel.clamp(min=0).long(), sel >= 0)
 
 
 def shared_share(chosen, tile):

@@ -21,6 +21,13 @@ def visible_mask(T, S, causal, device):
     return torch.arange(S, device=device) <= query_positions(T, S, device)[:, None]
 
 
+def chosen_blocks(sel, num_blocks):
+    """[..., num_blocks] bool from block ids sel [..., K] (-1 padded): which blocks each row chose."""
+    chosen = torch.zeros(*sel.shape[:-1], num_blocks + 1, dtype=torch.bool, device=sel.device)
+    chosen.scatter_(-1, torch.where(sel < 0, num_blocks, sel).long(), True)   # -1 goes to a spare column
+    return chosen[..., :num_blocks]
+
+
 def exp_and_lse(s, overwrite=False):
     """Unnormalised softmax of scores s [..., N] (-inf = masked), safe for rows with nothing left.
 

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from . import checks
-from .common import NEG_INF, query_positions
+from .common import NEG_INF, chosen_blocks, query_positions
 from .rope import apply_rope, rope_angles
 
 # Query rows per chunk are chosen so that one chunk's token scores hold about this many floats.
@@ -151,11 +151,8 @@ def indexer_distillation_loss(scores, target, sel=None):
     MSA's training after a dense warm-up over all visible blocks (sel=None). Mean over rows.
     """
     visible = scores > NEG_INF
-    if sel is not None:                                             # -1 padding goes to a spare column
-        NB = scores.shape[-1]
-        chosen = torch.zeros(*sel.shape[:-1], NB + 1, dtype=torch.bool, device=sel.device)
-        chosen.scatter_(-1, torch.where(sel < 0, NB, sel).long(), True)
-        visible = visible & chosen[..., :NB]
+    if sel is not None:
+        visible = visible & chosen_blocks(sel, scores.shape[-1])
     target = torch.where(visible, target, 0.0)
     target = target / target.sum(-1, keepdim=True).clamp_min(1e-12)
     log_pred = torch.log_softmax(scores.masked_fill(~visible, NEG_INF), -1)

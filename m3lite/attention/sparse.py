@@ -8,7 +8,7 @@ order="kv": KV outer, gather Q (kv_order.py): each KV block is loaded once for a
 import torch
 
 from . import checks
-from .common import accum_dtype, masked_softmax_parts, query_positions, visible_mask
+from .common import accum_dtype, chosen_blocks, masked_softmax_parts, query_positions, visible_mask
 from .indexer import block_scores, num_blocks, select_blocks
 from .kv_order import KVOrderAttention
 
@@ -123,12 +123,8 @@ def msa_attention(q, k, v, iq, ik, block_size=128, top_k=16, causal=True, scale=
 
 def selection_mask(sel, S, block_size):
     """Token mask [B, HI, T, S]: True where a token's block is in the query's selection."""
-    B, HI, T, K = sel.shape
-    NB = num_blocks(S, block_size)
-    chosen = torch.zeros(B, HI, T, NB + 1, dtype=torch.bool, device=sel.device)
-    chosen.scatter_(-1, torch.where(sel < 0, NB, sel).long(), True)
     block_of_token = torch.arange(S, device=sel.device) // block_size
-    return chosen[..., :NB][..., block_of_token]
+    return chosen_blocks(sel, num_blocks(S, block_size))[..., block_of_token]
 
 
 def attention_recall(q, k, sel, block_size=128, causal=True, scale=None):

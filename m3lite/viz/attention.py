@@ -10,7 +10,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from ..attention.common import query_positions
+from ..attention.common import chosen_blocks, query_positions
 from ..attention.indexer import num_blocks
 
 SELECTION_NAMES = ("future (invisible)", "visible, not picked", "picked", "own block (forced)")
@@ -39,9 +39,7 @@ def selection_categories(sel, S, block_size, causal=True):
     else:
         visible = torch.ones(T, NB, dtype=torch.bool, device=sel.device)
         own = torch.zeros(T, NB, dtype=torch.bool, device=sel.device)
-    picked = torch.zeros(T, NB + 1, dtype=torch.bool, device=sel.device)
-    picked.scatter_(1, torch.where(sel < 0, NB, sel).long(), True)
-    picked = picked[:, :NB]
+    picked = chosen_blocks(sel, NB)
     grid = visible.long()
     grid[picked] = 2
     grid[picked & own] = 3

@@ -17,6 +17,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
 from ..attention import checks, num_blocks
+from ..attention.common import chosen_blocks
 from .attention import SELECTION_COLORS, SELECTION_NAMES
 from .explorer import _load_model, span_blocks
 from .gather import PALETTE
@@ -172,9 +173,7 @@ def attention_on_blocks(mass, sel, blocks):
     """
     HQ, NB = mass.shape
     group = torch.arange(HQ) // (HQ // sel.shape[0])
-    picked = torch.zeros(sel.shape[0], NB + 1, dtype=torch.bool)
-    picked.scatter_(1, torch.where(sel < 0, NB, sel).long(), True)
-    picked = picked[group, :NB]                                             # [HQ, NB]
+    picked = chosen_blocks(sel, NB)[group]                                  # [HQ, NB]
     target = torch.zeros(NB, dtype=torch.bool)
     target[list(blocks)] = True
     dense = mass[:, target].sum(-1)
@@ -276,9 +275,8 @@ def selection_row(sel, query_pos, num_kv_blocks, block_size):
     0 not visible, 1 visible but not picked, 2 picked, 3 the own block (picked)."""
     own = query_pos // block_size
     grid = (torch.arange(num_kv_blocks) <= own).long().repeat(sel.shape[0], 1)
-    picked = torch.zeros(sel.shape[0], num_kv_blocks + 1, dtype=torch.bool)
-    picked.scatter_(1, torch.where(sel < 0, num_kv_blocks, sel).long(), True)
-    grid[picked[:, :num_kv_blocks]] = 2
+    picked = chosen_blocks(sel, num_kv_blocks)
+    grid[picked] = 2
     grid[:, own][picked[:, own]] = 3
     return grid
 
