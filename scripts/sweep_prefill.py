@@ -14,7 +14,9 @@ from m3lite.attention import attention_flops
 from m3lite.attention.sparse import unique_selection
 from m3lite.bench.prefill import CASES, attended_tokens, case_inputs, case_name, relative_error, time_ms
 from m3lite.kernels import indexer as ix
+from m3lite.attention import tile_shared as ts
 from m3lite.kernels import sparse_kv as kv
+from m3lite.kernels import sparse_shared as sh
 
 sys.path.insert(0, "scripts/variants")
 import indexer_v1 as ix_v1  # noqa: E402  (the indexer kernels before the unmasked loop)
@@ -67,6 +69,48 @@ def kv_sweep(case, pattern, repeats, profile=False):
     torch.cuda.empty_cache()
 
 
+def tile_sweep(case, pattern, repeats):
+    """The KV-outer call with and without the tile-shared pass, its pieces, and the shared kernel's configurations."""
+    q, k, v, _, _, sel = case_inputs(case, pattern)
+    T, BS, D, G, K = case["T"], case["BS"], case["D"], case["HQ"] // case["HKV"], case["K"]
+    HI, scale = sel.shape[1], D ** -0.5
+    useful = attention_flops(G, attended_tokens(sel, T, T, BS), D)
+    ref, _ = kv.sparse_attention_kv(q, k, v, sel, BS, True, scale, tile_rows=0)
+    print(f"{case_name(case)} {pattern}: useful {useful / 1e12:.2f} TFLOP", flush=True)
+    for rows in (0, 64, 128, 256):
+        fn = lambda rows=rows: kv.sparse_attention_kv(q, k, v, sel, BS, True, scale, tile_rows=rows)
+        err = relative_error(fn()[0], ref)
+        ms = time_ms(fn, repeats)
+        note = ""
+        if rows:
+            _, tile = sh.tile_size(G, rows)
+            shared = ts.shared_blocks(sel, tile)
+            in_tiles = attended_tokens(ts.shared_per_query(shared, tile, T), T, T, BS) / attended_tokens(sel, T, T, BS)
+            note = f"tiles of {tile} queries hold {in_tiles:.1%} of the attended tokens"
+        print(f"  whole call, tile_rows={rows:3d}: {ms:8.2f} ms {useful / ms / 1e9:6.1f} TFLOP/s "
+              f"err vs tile_rows=0 {err:.1e}  {note}", flush=True)
+    _, tile = sh.tile_size(G, 128)
+    shared = ts.shared_blocks(sel, tile)
+    rest, home = ts.split_selection(sel, shared, tile)
+    shared_useful = attention_flops(G, attended_tokens(ts.shared_per_query(shared, tile, T), T, T, BS), D)
+    p = kv.plan(rest, T, BS, G)
+    o_part, lse_part = kv.partials(q, k, v, sel.shape, p, BS, True, scale)
+    pieces = [("tile plan (shared_blocks + split_selection)", lambda: ts.split_selection(sel, ts.shared_blocks(sel, tile), tile)),
+              ("KV-outer plan of the rest", lambda: kv.plan(rest, T, BS, G)),
+              ("KV-outer partials of the rest", lambda: kv.partials(q, k, v, sel.shape, p, BS, True, scale))]
+    for bn, w, st in [(64, 8, 2), (64, 8, 3), (128, 8, 2), (128, 8, 3), (64, 4, 2), (64, 4, 3)]:
+        pieces.append((f"tile-shared kernel bn{bn} w{w} s{st}",
+                       lambda bn=bn, w=w, st=st: sh.tile_shared_partials(q, k, v, shared, home, o_part, lse_part, BS,
+                                                                         True, scale, 128, bn, w, st)))
+    pieces.append(("combine", lambda: kv.combine(o_part, lse_part, q.shape, HI, K)))
+    for name, fn in pieces:
+        ms = time_ms(fn, repeats)
+        rate = f"{shared_useful / ms / 1e9:6.1f} TFLOP/s" if "tile-shared" in name else ""
+        print(f"  {name:55s} {ms:8.2f} ms {rate}", flush=True)
+    del q, k, v, sel, ref, o_part, lse_part
+    torch.cuda.empty_cache()
+
+
 def indexer_sweep(case, repeats):
     q, k, v, iq, ik, sel = case_inputs(case, "locality")
     del q, k, v
@@ -98,6 +142,8 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--cases", type=int, nargs="*", default=[1, 3, 4, 2])
     parser.add_argument("--indexer-cases", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--tile-cases", type=int, nargs="*", default=[])
+    parser.add_argument("--patterns", nargs="*", default=["locality", "random"])
     parser.add_argument("--profile-plan", action="store_true", help="print torch's profile of the plan")
     args = parser.parse_args()
     print(m3.env.describe(), flush=True)
@@ -105,6 +151,10 @@ if __name__ == "__main__":
     for i in args.cases:
         kv_sweep(CASES[i], "random", args.repeats, profile=args.profile_plan)
         print(f"  [{time.time() - t0:.0f} s]", flush=True)
+    for i in args.tile_cases:
+        for pattern in args.patterns:
+            tile_sweep(CASES[i], pattern, args.repeats)
+            print(f"  [{time.time() - t0:.0f} s]", flush=True)
     for i in args.indexer_cases:
         indexer_sweep(CASES[i], args.repeats)
         print(f"  [{time.time() - t0:.0f} s]", flush=True)

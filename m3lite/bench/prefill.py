@@ -126,6 +126,7 @@ def sweep_kv(case, pattern, repeats):
 
 
 def run_case(case, pattern, repeats, with_flex=True):
+    from m3lite import kernels
     B, HQ, HKV, D, BS, K, T = (case[x] for x in ("B", "HQ", "HKV", "D", "BS", "K", "T"))
     q, k, v, iq, ik, sel = case_inputs(case, pattern)
     NB = m3.num_blocks(T, BS)
@@ -138,6 +139,8 @@ def run_case(case, pattern, repeats, with_flex=True):
                        useful),
         "ours_kv": (lambda: m3.sparse_attention(q, k, v, sel, block_size=BS, order="kv", backend="triton"),
                     useful),
+        "ours_kv_no_tiles": (lambda: kernels.sparse_attention_kv(q, k, v, sel, BS, True, D ** -0.5, tile_rows=0)[0],
+                             useful),
         "indexer": (lambda: m3.select_blocks(m3.block_scores(iq, ik, block_size=BS, backend="triton"),
                                              top_k=K, backend="triton"), None),
         "msa_end_to_end": (lambda: m3.msa_attention(q, k, v, iq, ik, block_size=BS, top_k=K, backend="triton"),
@@ -150,6 +153,7 @@ def run_case(case, pattern, repeats, with_flex=True):
     with torch.no_grad():
         errors = check_against_twin(q, k, v, sel, BS, {
             "ours_query": methods["ours_query"][0](), "ours_kv": methods["ours_kv"][0](),
+            "ours_kv_no_tiles": methods["ours_kv_no_tiles"][0](),
             **({"flex_selection_mask": methods["flex_selection_mask"][0]()} if with_flex else {})})
         times = {name: time_ms(fn, repeats) for name, (fn, _) in methods.items()}
     sdpa_rate = dense_useful / times["sdpa_dense_causal"] / 1e9
@@ -201,8 +205,9 @@ def main(args):
     rows = []
     for case in cases:
         for pattern in args.patterns:
-            rows += run_case(case, pattern, args.repeats, with_flex=not args.no_flex)
-            print(table(rows[-6:]).split("\n", 1)[1], flush=True)
+            new = run_case(case, pattern, args.repeats, with_flex=not args.no_flex)
+            rows += new
+            print(table(new).split("\n", 1)[1], flush=True)
     print(m3.env.describe())
     print(table(rows))
     if args.json:

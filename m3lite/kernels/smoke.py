@@ -30,6 +30,13 @@ def main():
     for order in ("query", "kv"):
         out = m3.sparse_attention(q, k, v, sel, block_size=BS, order=order, backend="triton")
         report[f"sparse_{order}"] = relative_error(out, twin)
+    out, _ = kernels.sparse_attention_kv(q, k, v, sel, BS, True, D ** -0.5, tile_rows=0)
+    report["sparse_kv_no_tiles"] = relative_error(out, twin)
+    own = (torch.arange(T, device=dev) + S - T) // BS                 # neighbouring blocks: whole tiles share them
+    near = torch.stack([own - i for i in range(K)], -1).clamp(min=0).int().expand(B, HKV, T, K)
+    out = m3.sparse_attention(q, k, v, near, block_size=BS, order="kv", backend="triton")
+    report["sparse_kv_neighbours"] = relative_error(out, m3.sparse_attention(q.float(), k.float(), v.float(), near,
+                                                                             block_size=BS, backend="torch"))
     lengths = [S, 77]                                                 # decode: ragged, 2 new tokens each
     out = m3.decode_attention(q[:, :, :2], k, v, iq[:, :, :2], ik, lengths, block_size=BS, top_k=K, backend="triton")
     twin = m3.decode_attention(q[:, :, :2].float(), k.float(), v.float(), iq[:, :, :2].float(), ik.float(), lengths,

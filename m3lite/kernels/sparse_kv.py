@@ -11,7 +11,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..attention.tile_shared import shared_blocks, split_selection
 from .common import LOG2E, UPCAST, new_output, next_pow2
+from .sparse_shared import tile_shared_partials, tile_size
 
 
 @triton.jit
@@ -215,15 +217,25 @@ def combine(o_part, lse_part, q_shape, HI, K, block_r=128, num_warps=4, num_stag
     return out, lse
 
 
-def sparse_attention_kv(q, k, v, sel, block_size, causal, scale):
+def sparse_attention_kv(q, k, v, sel, block_size, causal, scale, tile_rows=128):
     """(out [B, HQ, T, D], lse [B, HQ, T] float32); inputs validated (sel may repeat an id).
 
     A program loads one KV block and attends chunks of the queries that chose it, each chunk a
     [block_m, D] tile of (query, head) rows. Partials are kept in the input dtype for fp16/bf16
-    (half the traffic) and float32 otherwise.
+    (half the traffic) and float32 otherwise. With tile_rows, the blocks that a whole tile of
+    consecutive queries chose (tiles of about tile_rows (query, head) rows) go through the
+    tile-shared pass instead (sparse_shared.py), and the KV-outer kernel takes only the rest;
+    tile_rows=0 sends every block through the KV-outer kernel.
     """
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    kv_plan = plan(sel, k.shape[2], block_size, q.shape[1] // k.shape[1])
-    o_part, lse_part = partials(q, k, v, sel.shape, kv_plan, block_size, causal, scale)
+    G, S = q.shape[1] // k.shape[1], k.shape[2]
+    if not tile_rows:
+        o_part, lse_part = partials(q, k, v, sel.shape, plan(sel, S, block_size, G), block_size, causal, scale)
+    else:
+        _, tile = tile_size(G, tile_rows)
+        shared = shared_blocks(sel, tile)
+        rest, home = split_selection(sel, shared, tile)
+        o_part, lse_part = partials(q, k, v, sel.shape, plan(rest, S, block_size, G), block_size, causal, scale)
+        tile_shared_partials(q, k, v, shared, home, o_part, lse_part, block_size, causal, scale, block_m=tile_rows)
     out, lse = combine(o_part, lse_part, q.shape, sel.shape[1], sel.shape[3])
     return out.to(q.dtype), lse

@@ -1,0 +1,160 @@
+"""The tile-shared pass: its plan against a brute-force definition, its torch twin against the
+plain sparse attention, and the Triton kernels (interpreter on a CPU, compiled on a GPU)."""
+import pytest
+import torch
+
+import m3lite as m3
+import conftest
+from conftest import masked_reference, token_mask
+from m3lite.bench.prefill import index_inputs
+from m3lite.attention.tile_shared import shared_blocks, shared_per_query, split_selection, tile_shared_attention
+from m3lite.kernels import sparse_kv as kv
+from m3lite.kernels.sparse_shared import tile_shared_partials, tile_size
+
+DEVICE = m3.env.device()
+ON_GPU = DEVICE.type == "cuda"
+pytestmark = pytest.mark.usefixtures("poison_kernel_outputs")
+
+
+def rel_error(out, ref):
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def local_selection(B, HI, T, S, BS, K, seed=0):
+    """Neighbouring queries choose mostly the same blocks: the own block, the one before, and
+    K - 2 drawn per run of 5 queries (so tiles share some blocks and not others); then -1s,
+    a repeated id and a block entirely in the future sprinkled in."""
+    g = torch.Generator().manual_seed(seed)
+    NB = -(-S // BS)
+    own = (torch.arange(T) + S - T) // BS
+    runs = torch.randint(0, NB, (B, HI, -(-T // 5), K - 2), generator=g).repeat_interleave(5, 2)[:, :, :T]
+    runs = torch.minimum(runs, own[:, None])
+    sel = torch.cat((own.expand(B, HI, T)[..., None], (own - 1).clamp(min=0).expand(B, HI, T)[..., None], runs), -1)
+    sel = sel.int().contiguous()
+    sel[:, :, ::7, -1] = -1
+    sel[:, :, 3, 1] = sel[:, :, 3, 0]
+    if T > 2:
+        sel[:, -1, 2, -1] = NB - 1                                     # future for query 2 (causal)
+    return sel
+
+
+def brute_force_shared(sel, tile):
+    B, HI, T, K = sel.shape
+    out = []
+    for b in range(B):
+        for h in range(HI):
+            for first in range(0, T, tile):
+                rows = [set(j for j in sel[b, h, t].tolist() if j >= 0) for t in range(first, min(first + tile, T))]
+                out.append(sorted(set.intersection(*rows)))
+    return out
+
+
+@pytest.mark.parametrize("tile", [1, 3, 4, 8, 64])
+def test_shared_blocks_are_what_every_query_of_the_tile_chose(tile):
+    sel = local_selection(2, 2, 45, 60, 8, 5, seed=tile)
+    shared = shared_blocks(sel, tile)
+    assert shared.shape == (2, 2, -(-45 // tile), 5)
+    expected = brute_force_shared(sel, tile)
+    got = [[j for j in row if j >= 0] for row in shared.reshape(-1, 5).tolist()]
+    assert got == expected
+    assert all(row == sorted(row, key=lambda j: (j < 0, j)) for row in shared.reshape(-1, 5).tolist())   # -1 last
+    assert (sum(map(len, expected)) > 0) == (tile < 45)                # one tile of all 45 queries shares nothing
+
+
+@pytest.mark.parametrize("tile", [1, 4, 8])
+def test_split_selection_covers_every_choice_once(tile):
+    sel = local_selection(1, 2, 45, 60, 8, 5)
+    shared = shared_blocks(sel, tile)
+    rest, home = split_selection(sel, shared, tile)
+    per_query = shared_per_query(shared, tile, 45)
+    for b, h, t in torch.cartesian_prod(torch.arange(1), torch.arange(2), torch.arange(45)).tolist():
+        mine = {j for j in per_query[b, h, t].tolist() if j >= 0}
+        left = [j for j in rest[b, h, t].tolist() if j >= 0]
+        assert mine.isdisjoint(left)
+        assert mine | set(left) == {j for j in sel[b, h, t].tolist() if j >= 0}
+        if mine:
+            assert sel[b, h, t, home[b, h, t]] == min(mine)
+        else:
+            assert home[b, h, t] == -1
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("tile", [1, 4, 16])
+def test_torch_twin_is_sparse_attention(causal, tile):
+    B, HQ, HKV, HI, T, S, D, BS, K = 1, 6, 3, 3, 37, 90, 16, 16, 4
+    q, k, v = (conftest.randn(B, h, n, D, seed=s, dtype=torch.float64) for s, h, n in ((1, HQ, T), (2, HKV, S), (3, HKV, S)))
+    sel = local_selection(B, HI, T, S, BS, K)
+    out, lse = tile_shared_attention(q, k, v, sel, BS, causal, D ** -0.5, tile)
+    ref, ref_lse = masked_reference(q, k, v, token_mask(sel, T, S, BS, causal))
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(lse, ref_lse)
+
+
+def test_shared_pass_writes_its_partial_at_home():
+    """The kernel alone: at each query's home slot, the attention over its tile's shared blocks."""
+    B, HQ, HKV, HI, T, S, D, BS, K = 1, 8, 2, 1, 50, 50, 16, 16, 3
+    q, k, v = (conftest.randn(B, h, T, D, seed=s, device=DEVICE) for s, h in ((1, HQ), (2, HKV), (3, HKV)))
+    sel = local_selection(B, HI, T, S, BS, K).to(DEVICE)
+    rows, tile = tile_size(HQ // HKV, 16)
+    shared = shared_blocks(sel, tile)
+    _, home = split_selection(sel, shared, tile)
+    o_part = torch.full((B * HI * T * K, HKV // HI, HQ // HKV, D), float("nan"), device=DEVICE)
+    lse_part = torch.full((B * HI * T * K, HKV // HI, HQ // HKV), float("nan"), device=DEVICE)
+    tile_shared_partials(q, k, v, shared, home, o_part, lse_part, BS, True, D ** -0.5, block_m=16)
+    twin, twin_lse = m3.sparse_attention(q, k, v, shared_per_query(shared, tile, T), block_size=BS, order="query",
+                                         backend="torch", return_lse=True)
+    at_home = (torch.arange(B * HI * T, device=DEVICE) * K + home.reshape(-1).long())[home.reshape(-1) >= 0]
+    queries = torch.nonzero(home.reshape(-1) >= 0).flatten()
+    got = o_part[at_home].reshape(len(queries), HQ, D)                 # R * G = HQ heads (HI = 1)
+    assert len(queries) > 0
+    torch.testing.assert_close(got, twin[0].transpose(0, 1)[queries], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(lse_part[at_home].reshape(len(queries), HQ), twin_lse[0].T[queries], atol=1e-4,
+                               rtol=1e-4)
+    others = torch.ones(B * HI * T * K, dtype=torch.bool, device=DEVICE)
+    others[at_home] = False
+    assert torch.isnan(lse_part[others]).all()                         # nothing written anywhere else
+
+
+# B, HQ, HKV, HI, T, S, D, BS, K
+SHAPES = [
+    (1, 8, 2, 2, 64, 64, 16, 16, 3),
+    (2, 4, 2, 1, 50, 50, 32, 16, 4),        # partial last block, one selection row for two KV heads
+    (1, 6, 3, 3, 37, 90, 16, 32, 3),        # T < S, G = 2, a block of 32 walked in two key tiles
+    (1, 12, 4, 2, 29, 29, 16, 16, 3),       # G = 3: tiles of 5 queries (15 of 16 rows)
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=conftest.shape_name)
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("tile_rows", [16, 32])
+def test_kernels_with_tile_shared_pass_match_dense(shape, causal, tile_rows):
+    B, HQ, HKV, HI, T, S, D, BS, K = shape
+    q, k, v = (conftest.randn(B, h, n, D, seed=s, device=DEVICE) for s, h, n in ((1, HQ, T), (2, HKV, S), (3, HKV, S)))
+    sel = local_selection(B, HI, T, S, BS, K)
+    out, lse = kv.sparse_attention_kv(q, k, v, sel.to(DEVICE), BS, causal, D ** -0.5, tile_rows=tile_rows)
+    ref, ref_lse = masked_reference(q.cpu(), k.cpu(), v.cpu(), token_mask(sel, T, S, BS, causal))
+    assert rel_error(out.cpu(), ref) < (3e-3 if ON_GPU else 1e-5)
+    torch.testing.assert_close(lse.cpu().double(), ref_lse, atol=1e-2 if ON_GPU else 1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_tile_shared_pass_half_inputs(dtype):
+    q, k, v = (conftest.randn(1, h, 48, 32, seed=s, device=DEVICE, dtype=dtype) for s, h in ((1, 8), (2, 2), (3, 2)))
+    sel = local_selection(1, 2, 48, 48, 16, 3).to(DEVICE)
+    out, _ = kv.sparse_attention_kv(q, k, v, sel, 16, True, 32 ** -0.5, tile_rows=16)
+    twin = m3.sparse_attention(q.float(), k.float(), v.float(), sel, block_size=16, backend="torch")
+    assert out.dtype == dtype and rel_error(out, twin) < {torch.float16: 5e-3, torch.bfloat16: 1.5e-2}[dtype]
+
+
+@pytest.mark.skipif(not ON_GPU, reason="real sizes only on a GPU (the interpreter is too slow)")
+@pytest.mark.parametrize("tile_rows", [0, 64, 128])
+@pytest.mark.parametrize("HQ,HKV", [(64, 4), (8, 4), (16, 16)])
+def test_gpu_real_size_with_and_without_tiles(tile_rows, HQ, HKV):
+    T, D, BS, K = 4096, 128, 128, 16
+    q, k, v = (conftest.randn(1, h, T, D, seed=s, device=DEVICE, dtype=torch.bfloat16)
+               for s, h in ((1, HQ), (2, HKV), (3, HKV)))
+    iq, ik = index_inputs(1, HKV, T, D, "locality", DEVICE)          # tiles share most of their blocks
+    sel = m3.select_blocks(m3.block_scores(iq, ik, block_size=BS, backend="triton"), top_k=K, backend="triton")
+    out, _ = kv.sparse_attention_kv(q, k, v, sel, BS, True, D ** -0.5, tile_rows=tile_rows)
+    twin = m3.sparse_attention(q.float(), k.float(), v.float(), sel, block_size=BS, order="kv", backend="torch")
+    assert rel_error(out, twin) < 1e-2
