@@ -72,8 +72,8 @@ def kv_sweep(case, pattern, repeats, profile=False):
 def tile_sweep(case, pattern, repeats):
     """The KV-outer call with and without the tile-shared pass, its pieces, and the shared kernel's configurations."""
     q, k, v, _, _, sel = case_inputs(case, pattern)
-    T, BS, D, G, K = case["T"], case["BS"], case["D"], case["HQ"] // case["HKV"], case["K"]
-    HI, scale = sel.shape[1], D ** -0.5
+    T, BS, D, G = case["T"], case["BS"], case["D"], case["HQ"] // case["HKV"]
+    scale = D ** -0.5
     useful = attention_flops(G, attended_tokens(sel, T, T, BS), D)
     ref, _ = kv.sparse_attention_kv(q, k, v, sel, BS, True, scale, tile_rows=0)
     print(f"{case_name(case)} {pattern}: useful {useful / 1e12:.2f} TFLOP", flush=True)
@@ -84,30 +84,34 @@ def tile_sweep(case, pattern, repeats):
         note = ""
         if rows:
             _, tile = sh.tile_size(G, rows)
-            shared = ts.shared_blocks(sel, tile)
+            shared, _ = sh.tile_plan(sel, tile)
             in_tiles = attended_tokens(ts.shared_per_query(shared, tile, T), T, T, BS) / attended_tokens(sel, T, T, BS)
             note = f"tiles of {tile} queries hold {in_tiles:.1%} of the attended tokens"
         print(f"  whole call, tile_rows={rows:3d}: {ms:8.2f} ms {useful / ms / 1e9:6.1f} TFLOP/s "
               f"err vs tile_rows=0 {err:.1e}  {note}", flush=True)
-    _, tile = sh.tile_size(G, 128)
-    shared = ts.shared_blocks(sel, tile)
-    rest, home = ts.split_selection(sel, shared, tile)
-    shared_useful = attention_flops(G, attended_tokens(ts.shared_per_query(shared, tile, T), T, T, BS), D)
-    p = kv.plan(rest, T, BS, G)
-    o_part, lse_part = kv.partials(q, k, v, sel.shape, p, BS, True, scale)
-    pieces = [("tile plan (shared_blocks + split_selection)", lambda: ts.split_selection(sel, ts.shared_blocks(sel, tile), tile)),
-              ("KV-outer plan of the rest", lambda: kv.plan(rest, T, BS, G)),
-              ("KV-outer partials of the rest", lambda: kv.partials(q, k, v, sel.shape, p, BS, True, scale))]
-    for bn, w, st in [(64, 8, 2), (64, 8, 3), (128, 8, 2), (128, 8, 3), (64, 4, 2), (64, 4, 3)]:
-        pieces.append((f"tile-shared kernel bn{bn} w{w} s{st}",
-                       lambda bn=bn, w=w, st=st: sh.tile_shared_partials(q, k, v, shared, home, o_part, lse_part, BS,
-                                                                         True, scale, 128, bn, w, st)))
-    pieces.append(("combine", lambda: kv.combine(o_part, lse_part, q.shape, HI, K)))
-    for name, fn in pieces:
-        ms = time_ms(fn, repeats)
-        rate = f"{shared_useful / ms / 1e9:6.1f} TFLOP/s" if "tile-shared" in name else ""
-        print(f"  {name:55s} {ms:8.2f} ms {rate}", flush=True)
-    del q, k, v, sel, ref, o_part, lse_part
+    for rows in (128, 256):
+        _, tile = sh.tile_size(G, rows)
+        shared, rest = sh.tile_plan(sel, tile)
+        shared_useful = attention_flops(G, attended_tokens(ts.shared_per_query(shared, tile, T), T, T, BS), D)
+        p = kv.plan(rest, T, BS, G)
+        o_part, lse_part = kv.partials(q, k, v, sel.shape, p, BS, True, scale)
+        pieces = [(f"tile plan, torch (tiles of {tile})",
+                   lambda: ts.rest_of_selection(sel, ts.shared_blocks(sel, tile), tile)),
+                  (f"tile plan, kernel (tiles of {tile})", lambda: sh.tile_plan(sel, tile)),
+                  ("KV-outer plan of the rest", lambda: kv.plan(rest, T, BS, G)),
+                  ("KV-outer partials of the rest", lambda: kv.partials(q, k, v, sel.shape, p, BS, True, scale))]
+        for bn, w, st in [(64, 8, 2), (64, 8, 3), (128, 8, 2), (128, 8, 3), (64, 4, 2), (128, 16, 2)]:
+            pieces.append((f"tile pass rows{rows} bn{bn} w{w} s{st}",
+                           lambda bn=bn, w=w, st=st: sh.tile_pass(q, k, v, shared, o_part, lse_part, BS, True, scale,
+                                                                  rows, bn, w, st)))
+        for name, fn in pieces:
+            err = ""
+            if "tile pass" in name:
+                err = f"err vs tile_rows=0 {relative_error(fn()[0], ref):.1e}"
+            ms = time_ms(fn, repeats)
+            rate = f"{shared_useful / ms / 1e9:6.1f} TFLOP/s over the shared blocks" if "tile pass" in name else ""
+            print(f"  {name:55s} {ms:8.2f} ms {rate} {err}", flush=True)
+    del q, k, v, sel, ref, o_part, lse_part, rest, shared
     torch.cuda.empty_cache()
 
 

@@ -7,7 +7,7 @@ over the tile does better: it loads the block once for the whole tile and merges
 an online softmax, writing one (o, lse) per query for all the tile's shared blocks together. The
 KV-outer order then keeps only what is left, and the usual merge by log-sum-exp joins the two.
 
-`shared_blocks` and `split_selection` are the plan (torch ops, used on the GPU as they are);
+`shared_blocks` and `rest_of_selection` are the plan (torch ops, used on the GPU as they are);
 `tile_shared_attention` is the torch twin of the whole forward pass built on them.
 """
 import torch
@@ -42,21 +42,14 @@ def shared_blocks(sel, tile):
     return torch.where(ordered == last, -1, ordered)
 
 
-def split_selection(sel, shared, tile):
-    """Split sel [B, HI, T, K] by the tiles' shared blocks. Returns:
-
-    rest [B, HI, T, K]: sel with the shared blocks replaced by -1 (what the KV-outer pass keeps);
-    home [B, HI, T] int32: the slot of sel holding the query's first shared block, where the
-    tile-shared pass writes its (o, lse); -1 for a query whose tile shares nothing.
-    """
-    B, HI, T, K = sel.shape
+def rest_of_selection(sel, shared, tile):
+    """sel [B, HI, T, K] with each query's tile-shared blocks replaced by -1: what the KV-outer
+    pass keeps."""
+    T = sel.shape[2]
     tiles = tile_view(sel, tile)                                    # [B, HI, NT, tile, K]
     per_tile = shared[:, :, :, None, None, :]                       # [B, HI, NT, 1, 1, K]
     is_shared = ((tiles[..., None] == per_tile) & (per_tile >= 0)).any(-1)
-    rest = torch.where(is_shared, -1, tiles).flatten(2, 3)[:, :, :T]
-    at_first = (tiles == per_tile[..., 0]) & (per_tile[..., 0] >= 0)
-    home = torch.where(at_first.any(-1), at_first.to(torch.int8).argmax(-1), -1)
-    return rest, home.flatten(2, 3)[:, :, :T].to(torch.int32)
+    return torch.where(is_shared, -1, tiles).flatten(2, 3)[:, :, :T]
 
 
 def shared_per_query(shared, tile, T):
@@ -69,7 +62,7 @@ def tile_shared_attention(q, k, v, sel, block_size, causal, scale, tile):
     merged by log-sum-exp. Arguments as m3lite.sparse_attention; returns (out, lse)."""
     from .sparse import sparse_attention
     shared = shared_blocks(sel, tile)
-    rest, _ = split_selection(sel, shared, tile)
+    rest = rest_of_selection(sel, shared, tile)
     parts = [sparse_attention(q, k, v, s, block_size, causal, scale, order=order, backend="torch", return_lse=True)
              for s, order in ((shared_per_query(shared, tile, q.shape[2]), "query"), (rest, "kv"))]
     acc = accum_dtype(q.dtype)

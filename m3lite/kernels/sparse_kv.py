@@ -11,9 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..attention.tile_shared import shared_blocks, split_selection
 from .common import LOG2E, UPCAST, new_output, next_pow2
-from .sparse_shared import tile_shared_partials, tile_size
+from .sparse_shared import tile_pass, tile_plan, tile_size
 
 
 @triton.jit
@@ -224,18 +223,17 @@ def sparse_attention_kv(q, k, v, sel, block_size, causal, scale, tile_rows=128):
     [block_m, D] tile of (query, head) rows. Partials are kept in the input dtype for fp16/bf16
     (half the traffic) and float32 otherwise. With tile_rows, the blocks that a whole tile of
     consecutive queries chose (tiles of about tile_rows (query, head) rows) go through the
-    tile-shared pass instead (sparse_shared.py), and the KV-outer kernel takes only the rest;
-    tile_rows=0 sends every block through the KV-outer kernel.
+    tile pass instead (sparse_shared.py), and the KV-outer kernel takes only the rest, whose
+    partials the tile pass merges in place of the combine; tile_rows=0 sends every block through
+    the KV-outer kernel and the combine.
     """
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     G, S = q.shape[1] // k.shape[1], k.shape[2]
     if not tile_rows:
         o_part, lse_part = partials(q, k, v, sel.shape, plan(sel, S, block_size, G), block_size, causal, scale)
+        out, lse = combine(o_part, lse_part, q.shape, sel.shape[1], sel.shape[3])
     else:
-        _, tile = tile_size(G, tile_rows)
-        shared = shared_blocks(sel, tile)
-        rest, home = split_selection(sel, shared, tile)
+        shared, rest = tile_plan(sel, tile_size(G, tile_rows)[1])
         o_part, lse_part = partials(q, k, v, sel.shape, plan(rest, S, block_size, G), block_size, causal, scale)
-        tile_shared_partials(q, k, v, shared, home, o_part, lse_part, block_size, causal, scale, block_m=tile_rows)
-    out, lse = combine(o_part, lse_part, q.shape, sel.shape[1], sel.shape[3])
+        out, lse = tile_pass(q, k, v, shared, o_part, lse_part, block_size, causal, scale, block_m=tile_rows)
     return out.to(q.dtype), lse
