@@ -17,7 +17,7 @@ import triton.language as tl
 
 from .common import LOG2E, UPCAST, new_output, next_pow2, online_softmax_step
 
-LN2: tl.constexpr = tl.constexpr(0.6931471805599453)   # ln(2): lse in log2 units to natural log
+LN2 = tl.constexpr(0.6931471805599453)   # ln(2): lse in log2 units to natural log
 
 
 @triton.jit
