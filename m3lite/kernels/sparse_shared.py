@@ -124,10 +124,12 @@ def _tile_pass_fwd(Q, K, V, SHARED, O_PART, LSE_PART, O, LSE,
     lse = tl.where(total > 0, m_safe + tl.log(tl.where(total > 0, total, 1.0)), float("-inf"))
     lse_safe = tl.where(total > 0, lse, 0.0)
     out = acc * (tl.exp(lse_tile - lse_safe) / l_safe)[:, None]
+    weights = tl.exp(lses - lse_safe[:, None])                          # [rows, slots], 0 where no partial
+    in_use = tl.max(weights, 0) > 0                                     # slots where some row has a partial
     for slot in range(SLOTS):
-        part = first_part + slot * (R * G)
-        w = tl.exp(tl.load(LSE_PART + part, mask=m_row, other=float("-inf")) - lse_safe)
-        if tl.max(w) > 0:                                               # some row has a partial here
+        if tl.sum(tl.where(offs_s == slot, in_use, False).to(tl.int32)) > 0:
+            w = tl.sum(tl.where(offs_s[None, :] == slot, weights, 0.0), 1)
+            part = first_part + slot * (R * G)
             o = tl.load(O_PART + part[:, None] * HEAD_DIM + offs_d[None, :], mask=(w > 0)[:, None], other=0.0)
             out += w[:, None] * o.to(tl.float32)
     heads = i_kv * G + g
