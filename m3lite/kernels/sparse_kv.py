@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from .common import LOG2E, UPCAST, new_output, next_pow2
-from .sparse_shared import tile_pass, tile_plan, tile_size
+from .sparse_shared import default_tile_rows, tile_pass, tile_plan, tile_size
 
 
 @triton.jit
@@ -216,7 +216,7 @@ def combine(o_part, lse_part, q_shape, HI, K, block_r=128, num_warps=4, num_stag
     return out, lse
 
 
-def sparse_attention_kv(q, k, v, sel, block_size, causal, scale, tile_rows=128):
+def sparse_attention_kv(q, k, v, sel, block_size, causal, scale, tile_rows=None):
     """(out [B, HQ, T, D], lse [B, HQ, T] float32); inputs validated (sel may repeat an id).
 
     A program loads one KV block and attends chunks of the queries that chose it, each chunk a
@@ -224,11 +224,12 @@ def sparse_attention_kv(q, k, v, sel, block_size, causal, scale, tile_rows=128):
     (half the traffic) and float32 otherwise. With tile_rows, the blocks that a whole tile of
     consecutive queries chose (tiles of about tile_rows (query, head) rows) go through the
     tile pass instead (sparse_shared.py), and the KV-outer kernel takes only the rest, whose
-    partials the tile pass merges in place of the combine; tile_rows=0 sends every block through
-    the KV-outer kernel and the combine.
+    partials the tile pass merges in place of the combine; tile_rows=None picks the measured best,
+    tile_rows=0 sends every block through the KV-outer kernel and the combine.
     """
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     G, S = q.shape[1] // k.shape[1], k.shape[2]
+    tile_rows = default_tile_rows(G) if tile_rows is None else tile_rows
     if not tile_rows:
         o_part, lse_part = partials(q, k, v, sel.shape, plan(sel, S, block_size, G), block_size, causal, scale)
         out, lse = combine(o_part, lse_part, q.shape, sel.shape[1], sel.shape[3])
