@@ -117,6 +117,14 @@ def test_tile_pass_alone_is_attention_over_the_shared_blocks():
     torch.testing.assert_close(lse[finite], twin_lse[finite], atol=1e-2 if ON_GPU else 1e-5, rtol=1e-4)
 
 
+def test_auto_takes_the_tile_pass_only_where_tiles_share_enough():
+    neighbours = local_selection(1, 1, 64, 64, 16, 3)[..., :2].contiguous()     # own and previous block
+    scattered = conftest.random_selection(1, 1, 64, 512, 16, 3, seed=1)              # own + 2 of 28 or more
+    for sel, expected in ((neighbours, True), (scattered, False)):
+        shared, _ = tile_plan(sel.to(DEVICE), 4)
+        assert kv.tiles_share_enough(sel.to(DEVICE), shared, 4) is expected
+
+
 # B, HQ, HKV, HI, T, S, D, BS, K
 SHAPES = [
     (1, 8, 2, 2, 64, 64, 16, 16, 3),
