@@ -118,11 +118,18 @@ def test_tile_pass_alone_is_attention_over_the_shared_blocks():
 
 
 def test_auto_takes_the_tile_pass_only_where_tiles_share_enough():
-    neighbours = local_selection(1, 1, 64, 64, 16, 3)[..., :2].contiguous()     # own and previous block
-    scattered = conftest.random_selection(1, 1, 64, 512, 16, 3, seed=1)              # own + 2 of 28 or more
+    """The default call decides on the device; either way its output is the sparse attention."""
+    neighbours = local_selection(1, 1, 64, 512, 16, 3)[..., :2].contiguous()    # own and previous block
+    scattered = conftest.random_selection(1, 1, 64, 512, 16, 3, seed=1)          # own + 2 of 28 or more
+    q, k, v = (conftest.randn(1, h, n, 16, seed=s, device=DEVICE) for s, h, n in ((1, 8, 64), (2, 2, 512), (3, 2, 512)))
     for sel, expected in ((neighbours, True), (scattered, False)):
-        shared, _ = tile_plan(sel.to(DEVICE), 4)
-        assert kv.tiles_share_enough(sel.to(DEVICE), shared, 4) is expected
+        sel = sel.to(DEVICE)
+        shared, _ = tile_plan(sel, 4)
+        assert bool(kv.tiles_share_enough(sel, shared, 4)) is expected
+        out, lse = kv.sparse_attention_kv(q, k, v, sel, 16, True, 0.25)
+        twin, twin_lse = m3.sparse_attention(q, k, v, sel, block_size=16, backend="torch", return_lse=True)
+        assert rel_error(out, twin) < (3e-3 if ON_GPU else 1e-5)
+        torch.testing.assert_close(lse, twin_lse, atol=1e-2 if ON_GPU else 1e-5, rtol=1e-4)
 
 
 # B, HQ, HKV, HI, T, S, D, BS, K

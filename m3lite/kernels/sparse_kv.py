@@ -91,7 +91,7 @@ def _gather_q(p_q, t, m_row, stride_qt, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _combine_fwd(O_PART, LSE_PART, O, LSE, stride_ob, stride_oh, stride_ot, T, HI, NUM_SLOTS,
+def _combine_fwd(O_PART, LSE_PART, O, LSE, ENABLED, stride_ob, stride_oh, stride_ot, T, HI, NUM_SLOTS,
                  SLOTS_POW2: tl.constexpr, HEADS: tl.constexpr, BLOCK_R: tl.constexpr, HEAD_DIM: tl.constexpr):
     """Merge the NUM_SLOTS partials of each (query, head) like split-KV decoding, in two passes:
     every slot's weight from the lses first, then the weighted sum of the partial outputs.
@@ -99,13 +99,14 @@ def _combine_fwd(O_PART, LSE_PART, O, LSE, stride_ob, stride_oh, stride_ot, T, H
     A program takes BLOCK_R consecutive (query, head) rows of one (batch, index head). With the
     weights known up front, the second pass is only loads and multiply-adds, one slot after another
     with nothing carried between them but the sum: no load waits on the last slot's arithmetic.
+    ENABLED (a flag in device memory) = 0 turns every load and store off: the call then does nothing.
     """
     i_r, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)           # i_bh = b * HI + hi
     offs_r = i_r * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_d = tl.arange(0, HEAD_DIM)
     offs_s = tl.arange(0, SLOTS_POW2)
     t, h = offs_r // HEADS, offs_r % HEADS
-    m_r = t < T
+    m_r = (t < T) & (tl.load(ENABLED + offs_r * 0) != 0)
     first_part = ((i_bh * T + t) * NUM_SLOTS) * HEADS + h                 # slot 0 of each row
     # -- pass 1: the lse of each row over all its slots
     lses = tl.load(LSE_PART + first_part[:, None] + offs_s[None, :] * HEADS,
@@ -203,14 +204,20 @@ def partials(q, k, v, sel_shape, kv_plan, block_size, causal, scale, num_warps=4
     return o_part, lse_part
 
 
-def combine(o_part, lse_part, q_shape, HI, K, block_r=128, num_warps=4, num_stages=2):
-    """Merge each query's K partials: (out [B, HQ, T, D] in the partials' dtype, lse [B, HQ, T])."""
+def combine(o_part, lse_part, q_shape, HI, K, block_r=128, num_warps=4, num_stages=2, enabled=None, out=None,
+            lse=None):
+    """Merge each query's K partials: (out [B, HQ, T, D] in the partials' dtype, lse [B, HQ, T]).
+
+    enabled: an int32 flag on the device; where it is 0 the kernel writes nothing (into out / lse
+    if given, which are otherwise new).
+    """
     B, HQ, T, D = q_shape
-    out = new_output(q_shape, o_part.dtype, o_part.device)
-    lse = new_output((B, HQ, T), torch.float32, o_part.device)
+    out = new_output(q_shape, o_part.dtype, o_part.device) if out is None else out
+    lse = new_output((B, HQ, T), torch.float32, o_part.device) if lse is None else lse
+    enabled = torch.ones(1, dtype=torch.int32, device=o_part.device) if enabled is None else enabled
     heads = HQ // HI
     grid = (triton.cdiv(T * heads, block_r), B * HI)
-    _combine_fwd[grid](o_part, lse_part, out, lse, out.stride(0), out.stride(1), out.stride(2),
+    _combine_fwd[grid](o_part, lse_part, out, lse, enabled, out.stride(0), out.stride(1), out.stride(2),
                        T, HI, K, SLOTS_POW2=next_pow2(K), HEADS=heads, BLOCK_R=block_r, HEAD_DIM=D,
                        num_warps=num_warps, num_stages=num_stages)
     return out, lse
@@ -225,33 +232,38 @@ def sparse_attention_kv(q, k, v, sel, block_size, causal, scale, tile_rows=None)
     consecutive queries chose (tiles of about tile_rows (query, head) rows) go through the
     tile pass instead (sparse_shared.py), and the KV-outer kernel takes only the rest, whose
     partials the tile pass merges in place of the combine. tile_rows=None picks the measured best
-    size, and the tile pass only if the tiles share enough (`tiles_share_enough`); tile_rows=0
+    size, and the tile pass only where the tiles share enough (`tiles_share_enough`); tile_rows=0
     sends every block through the KV-outer kernel and the combine.
     """
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     G, S = q.shape[1] // k.shape[1], k.shape[2]
-    auto = tile_rows is None
-    tile_rows = default_tile_rows(G) if auto else tile_rows
-    if tile_rows:
-        tile = tile_size(G, tile_rows)[1]
-        shared, rest = tile_plan(sel, tile)
-        if auto and not tiles_share_enough(sel, shared, tile):
-            tile_rows = 0
-    if tile_rows:
-        o_part, lse_part = partials(q, k, v, sel.shape, plan(rest, S, block_size, G), block_size, causal, scale)
-        out, lse = tile_pass(q, k, v, shared, o_part, lse_part, block_size, causal, scale, block_m=tile_rows)
-    else:
+    if tile_rows == 0:
         o_part, lse_part = partials(q, k, v, sel.shape, plan(sel, S, block_size, G), block_size, causal, scale)
         out, lse = combine(o_part, lse_part, q.shape, sel.shape[1], sel.shape[3])
+        return out.to(q.dtype), lse
+    auto = tile_rows is None
+    rows = default_tile_rows(G) if auto else tile_rows
+    tile = tile_size(G, rows)[1]
+    shared, rest = tile_plan(sel, tile)
+    if auto:  # the tiles must share enough; the choice stays on the device (no host sync): the KV-outer
+        # kernel gets rest or all of sel, and of the tile pass and the combine only one writes
+        use_tiles = tiles_share_enough(sel, shared, tile)
+        rest = torch.where(use_tiles.bool(), rest, sel)
+    o_part, lse_part = partials(q, k, v, sel.shape, plan(rest, S, block_size, G), block_size, causal, scale)
+    out, lse = tile_pass(q, k, v, shared, o_part, lse_part, block_size, causal, scale, block_m=rows,
+                         enabled=use_tiles if auto else None)
+    if auto:
+        combine(o_part, lse_part, q.shape, sel.shape[1], sel.shape[3], enabled=1 - use_tiles, out=out, lse=lse)
     return out.to(q.dtype), lse
 
 
 def tiles_share_enough(sel, shared, tile, min_share=0.5):
-    """Do the tiles share at least min_share of the chosen (query, block) pairs? One host sync.
+    """An int32 flag [1] on the device: do the tiles share at least min_share of the chosen
+    (query, block) pairs?
 
     Measured on an H200 (data/bench/NOTES-kv-outer.md): where tiles share 95-97% of the pairs (the
-    locality pattern) the tile pass makes the whole call 1.4-1.6x faster; where they share 5% (the
+    locality pattern) the tile pass makes the whole call 1.2-1.6x faster; where they share 5% (the
     random pattern: the own block) it makes it 1.15-1.2x slower, as it merges some 15 partials a
     query less efficiently than the combine. Shares in between were not measured.
     """
-    return bool(tile * (shared >= 0).sum() >= min_share * (sel >= 0).sum())
+    return (tile * (shared >= 0).sum() >= min_share * (sel >= 0).sum()).to(torch.int32).reshape(1)

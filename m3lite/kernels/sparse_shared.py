@@ -57,7 +57,7 @@ def _tile_plan(SEL, SHARED, REST, T, NUM_TILES, TILE: tl.constexpr, TILE_POW2: t
 
 
 @triton.jit
-def _tile_pass_fwd(Q, K, V, SHARED, O_PART, LSE_PART, O, LSE,
+def _tile_pass_fwd(Q, K, V, SHARED, O_PART, LSE_PART, O, LSE, ENABLED,
                    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_ks, stride_ob, stride_oh, stride_ot,
                    T, S, HI, R, NUM_TILES, qk_scale,
                    G: tl.constexpr, TILE: tl.constexpr, SLOTS: tl.constexpr, SLOTS_POW2: tl.constexpr,
@@ -71,7 +71,8 @@ def _tile_pass_fwd(Q, K, V, SHARED, O_PART, LSE_PART, O, LSE,
     # row m of the tile is head g of its query t
     t = i_tile * TILE + offs_m // G
     g = offs_m % G
-    m_row = (offs_m < TILE * G) & (t < T)
+    enabled = tl.load(ENABLED + offs_m * 0) != 0                       # 0: the call does nothing
+    m_row = (offs_m < TILE * G) & (t < T) & enabled
     b_q = tl.load(Q + i_b * stride_qb + (i_kv * G + g)[:, None] * stride_qh + t.to(tl.int64)[:, None] * stride_qt
                   + offs_d[None, :], mask=m_row[:, None], other=0.0)
     if UPCAST:
@@ -79,7 +80,7 @@ def _tile_pass_fwd(Q, K, V, SHARED, O_PART, LSE_PART, O, LSE,
     # the tile's shared blocks, ascending, then -1; the first n_whole are seen whole by every query
     p_ids = SHARED + ((i_b * HI + i_hi) * NUM_TILES + i_tile) * SLOTS
     offs_s = tl.arange(0, SLOTS_POW2)
-    ids = tl.load(p_ids + offs_s, mask=offs_s < SLOTS, other=-1)
+    ids = tl.load(p_ids + offs_s, mask=(offs_s < SLOTS) & (tl.load(ENABLED + offs_s * 0) != 0), other=-1)
     whole = (ids >= 0) & ((ids + 1) * BS <= S)
     if CAUSAL:
         whole = whole & ((ids + 1) * BS - 1 <= i_tile * TILE + S - T)     # the tile's earliest position
@@ -166,9 +167,10 @@ def tile_plan(sel, tile, num_warps=4):
 
 
 def tile_pass(q, k, v, shared, o_part, lse_part, block_size, causal, scale, block_m=128, block_n=128, num_warps=8,
-              num_stages=2):
+              num_stages=2, enabled=None):
     """(out [B, HQ, T, D], lse [B, HQ, T]): the tiles' shared blocks, merged with the KV-outer partials
-    o_part / lse_part ([B*HI*T*K, R, G, (D)], lse -inf where a slot has none)."""
+    o_part / lse_part ([B*HI*T*K, R, G, (D)], lse -inf where a slot has none). enabled: an int32
+    flag on the device; where it is 0 the kernel writes nothing."""
     B, HQ, T, D = q.shape
     HKV, S = k.shape[1], k.shape[2]
     HI, num_tiles, K = shared.shape[1], shared.shape[2], shared.shape[3]
@@ -176,7 +178,8 @@ def tile_pass(q, k, v, shared, o_part, lse_part, block_size, causal, scale, bloc
     rows, tile = tile_size(G, block_m)
     out = new_output(q.shape, o_part.dtype, q.device)
     lse = new_output((B, HQ, T), torch.float32, q.device)
-    _tile_pass_fwd[(num_tiles, HKV, B)](q, k, v, shared, o_part, lse_part, out, lse,
+    enabled = torch.ones(1, dtype=torch.int32, device=q.device) if enabled is None else enabled
+    _tile_pass_fwd[(num_tiles, HKV, B)](q, k, v, shared, o_part, lse_part, out, lse, enabled,
                                         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                                         out.stride(0), out.stride(1), out.stride(2),
                                         T, S, HI, HKV // HI, num_tiles, scale * LOG2E,
