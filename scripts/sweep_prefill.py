@@ -123,6 +123,25 @@ def tile_sweep(case, pattern, repeats):
     torch.cuda.empty_cache()
 
 
+def tile_profile(case, pattern):
+    """torch's profile of the default KV-outer call (tile pass chosen on the device) and of the forced one."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    q, k, v, _, _, sel = case_inputs(case, pattern)
+    scale = case["D"] ** -0.5
+    for rows in (None, sh.default_tile_rows(case["HQ"] // case["HKV"]), 0):
+        fn = lambda: kv.sparse_attention_kv(q, k, v, sel, case["BS"], True, scale, tile_rows=rows)
+        fn()
+        torch.cuda.synchronize()
+        with torch_profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+            for _ in range(5):
+                fn()
+            torch.cuda.synchronize()
+        print(f"{case_name(case)} {pattern} tile_rows={rows}: 5 calls", flush=True)
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14), flush=True)
+    del q, k, v, sel
+    torch.cuda.empty_cache()
+
+
 def indexer_sweep(case, repeats):
     q, k, v, iq, ik, sel = case_inputs(case, "locality")
     del q, k, v
@@ -156,6 +175,7 @@ if __name__ == "__main__":
     parser.add_argument("--indexer-cases", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--tile-cases", type=int, nargs="*", default=[])
     parser.add_argument("--patterns", nargs="*", default=["locality", "random"])
+    parser.add_argument("--profile-tile-cases", type=int, nargs="*", default=[])
     parser.add_argument("--profile-plan", action="store_true", help="print torch's profile of the plan")
     args = parser.parse_args()
     print(m3.env.describe(), flush=True)
@@ -167,6 +187,9 @@ if __name__ == "__main__":
         for pattern in args.patterns:
             tile_sweep(CASES[i], pattern, args.repeats)
             print(f"  [{time.time() - t0:.0f} s]", flush=True)
+    for i in args.profile_tile_cases:
+        for pattern in args.patterns:
+            tile_profile(CASES[i], pattern)
     for i in args.indexer_cases:
         indexer_sweep(CASES[i], args.repeats)
         print(f"  [{time.time() - t0:.0f} s]", flush=True)

@@ -11,9 +11,10 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 from .gather import PALETTE
 
 METHOD_NAMES = {"sdpa_dense_causal": "SDPA dense causal", "ours_query": "ours, query-major",
-                "ours_kv": "ours, KV-outer", "msa_end_to_end": "MSA end to end (indexer + KV-outer)",
+                "ours_kv": "ours, KV-outer", "ours_kv_no_tiles": "ours, KV-outer without the tile pass",
+                "msa_end_to_end": "MSA end to end (indexer + KV-outer)",
                 "flex_selection_mask": "FlexAttention, selection as mask", "indexer": "indexer"}
-METHOD_COLORS = {"sdpa_dense_causal": "#7f7f7f", "ours_query": PALETTE[0], "ours_kv": PALETTE[1],
+METHOD_COLORS = {"sdpa_dense_causal": "#7f7f7f", "ours_query": PALETTE[0], "ours_kv": PALETTE[1], "ours_kv_no_tiles": PALETTE[3],
                  "msa_end_to_end": PALETTE[2], "flex_selection_mask": PALETTE[4], "indexer": PALETTE[5]}
 
 
