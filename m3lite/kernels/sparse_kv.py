@@ -106,8 +106,9 @@ def _combine_fwd(O_PART, LSE_PART, O, LSE, ENABLED, stride_ob, stride_oh, stride
     offs_d = tl.arange(0, HEAD_DIM)
     offs_s = tl.arange(0, SLOTS_POW2)
     t, h = offs_r // HEADS, offs_r % HEADS
-    on = tl.load(ENABLED)                                                  # 0: no loads, no loop, no stores
-    m_r = t < T * on
+    if tl.load(ENABLED) == 0:                                             # the tile pass writes this call
+        return
+    m_r = t < T
     first_part = ((i_bh * T + t) * NUM_SLOTS) * HEADS + h                 # slot 0 of each row
     # -- pass 1: the lse of each row over all its slots
     lses = tl.load(LSE_PART + first_part[:, None] + offs_s[None, :] * HEADS,
@@ -119,7 +120,7 @@ def _combine_fwd(O_PART, LSE_PART, O, LSE, ENABLED, stride_ob, stride_oh, stride
     lse_safe = tl.where(l > 0, lse, 0.0)
     # -- pass 2: out = sum over slots of exp(lse_slot - lse) * o_slot
     acc = tl.zeros([BLOCK_R, HEAD_DIM], tl.float32)
-    for slot in range(NUM_SLOTS * on):
+    for slot in range(NUM_SLOTS):
         part = first_part + slot * HEADS
         # the slot's lse is read again (from cache): simpler than picking its column out of `lses`
         w = tl.exp(tl.load(LSE_PART + part, mask=m_r, other=float("-inf")) - lse_safe)   # 0 for unused slots

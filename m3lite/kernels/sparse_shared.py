@@ -71,8 +71,9 @@ def _tile_pass_fwd(Q, K, V, SHARED, O_PART, LSE_PART, O, LSE, ENABLED,
     # row m of the tile is head g of its query t
     t = i_tile * TILE + offs_m // G
     g = offs_m % G
-    on = tl.load(ENABLED)                                              # 0: no loads, loops or stores
-    m_row = (offs_m < TILE * G) & (t < T * on)
+    if tl.load(ENABLED) == 0:                                          # the combine writes this call
+        return
+    m_row = (offs_m < TILE * G) & (t < T)
     b_q = tl.load(Q + i_b * stride_qb + (i_kv * G + g)[:, None] * stride_qh + t.to(tl.int64)[:, None] * stride_qt
                   + offs_d[None, :], mask=m_row[:, None], other=0.0)
     if UPCAST:
@@ -80,7 +81,7 @@ def _tile_pass_fwd(Q, K, V, SHARED, O_PART, LSE_PART, O, LSE, ENABLED,
     # the tile's shared blocks, ascending, then -1; the first n_whole are seen whole by every query
     p_ids = SHARED + ((i_b * HI + i_hi) * NUM_TILES + i_tile) * SLOTS
     offs_s = tl.arange(0, SLOTS_POW2)
-    ids = tl.load(p_ids + offs_s, mask=offs_s < SLOTS * on, other=-1)
+    ids = tl.load(p_ids + offs_s, mask=offs_s < SLOTS, other=-1)
     whole = (ids >= 0) & ((ids + 1) * BS <= S)
     if CAUSAL:
         whole = whole & ((ids + 1) * BS - 1 <= i_tile * TILE + S - T)     # the tile's earliest position
