@@ -175,3 +175,17 @@ def test_gpu_real_size_with_and_without_tiles(tile_rows, HQ, HKV):
     out, _ = kv.sparse_attention_kv(q, k, v, sel, BS, True, D ** -0.5, tile_rows=tile_rows)
     twin = m3.sparse_attention(q.float(), k.float(), v.float(), sel, block_size=BS, order="kv", backend="torch")
     assert rel_error(out, twin) < 1e-2
+
+
+@pytest.mark.skipif(not ON_GPU, reason="real sizes only on a GPU (the interpreter is too slow)")
+@pytest.mark.parametrize("D", [64, 256])
+def test_gpu_other_head_dims(D):
+    """The tile sizes must fit in shared memory at every head dim the Triton backend takes."""
+    T, BS, K, HQ, HKV = 2048, 128, 16, 32, 2
+    q, k, v = (conftest.randn(1, h, T, D, seed=s, device=DEVICE, dtype=torch.bfloat16)
+               for s, h in ((1, HQ), (2, HKV), (3, HKV)))
+    iq, ik = index_inputs(1, HKV, T, 64, "locality", DEVICE)
+    sel = m3.select_blocks(m3.block_scores(iq, ik, block_size=BS, backend="triton"), top_k=K, backend="triton")
+    out = m3.sparse_attention(q, k, v, sel, block_size=BS, order="kv", backend="triton")
+    twin = m3.sparse_attention(q.float(), k.float(), v.float(), sel, block_size=BS, order="kv", backend="torch")
+    assert rel_error(out, twin) < 1e-2

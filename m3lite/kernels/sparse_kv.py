@@ -244,7 +244,7 @@ def sparse_attention_kv(q, k, v, sel, block_size, causal, scale, tile_rows=None)
         out, lse = combine(o_part, lse_part, q.shape, sel.shape[1], sel.shape[3])
         return out.to(q.dtype), lse
     auto = tile_rows is None
-    rows = default_tile_rows(G) if auto else tile_rows
+    rows = default_tile_rows(G, q.shape[-1]) if auto else tile_rows
     tile = tile_size(G, rows)[1]
     shared, rest = tile_plan(sel, tile)
     if auto:  # the tiles must share enough; the choice stays on the device (no host sync): the KV-outer

@@ -141,11 +141,12 @@ def _tile_pass_fwd(Q, K, V, SHARED, O_PART, LSE_PART, O, LSE, ENABLED,
     tl.store(LSE + (i_b * tl.num_programs(1) * G + heads) * T + t, lse, mask=m_row)
 
 
-def default_tile_rows(G):
+def default_tile_rows(G, D=128):
     """128 (query, head) rows a program, or 256 where 128 would hold fewer than 16 queries: at M3's
     shape (G = 16) tiles of 16 queries halve the K/V loads and ran faster (10.5 against 11.9 ms at
-    64K on an H200); at G = 1 and 2 tiles of 128 rows did (data/bench/NOTES-kv-outer.md)."""
-    return 256 if 128 // G < 16 else 128
+    64K on an H200); at G = 1 and 2 tiles of 128 rows did (data/bench/NOTES-kv-outer.md). A head
+    dim over 128 keeps 128 rows, so that the tiles fit in shared memory."""
+    return 256 if 128 // G < 16 and D <= 128 else 128
 
 
 def tile_size(G, block_m):
@@ -185,6 +186,7 @@ def tile_pass(q, k, v, shared, o_part, lse_part, block_size, causal, scale, bloc
                                         out.stride(0), out.stride(1), out.stride(2),
                                         T, S, HI, HKV // HI, num_tiles, scale * LOG2E,
                                         G=G, TILE=tile, SLOTS=K, SLOTS_POW2=next_pow2(K), CAUSAL=causal,
-                                        BS=block_size, BLOCK_N=min(block_n, block_size), BLOCK_M=rows, HEAD_DIM=D,
+                                        BS=block_size, BLOCK_N=min(block_n, block_size, 64 if D > 128 else 128),
+                                        BLOCK_M=rows, HEAD_DIM=D,
                                         UPCAST=UPCAST, num_warps=num_warps, num_stages=num_stages)
     return out, lse
