@@ -47,6 +47,20 @@ def flops_all_heads_per_row(sel, S, block_size, HQ, D):
     return sol04.useful_flops(sel, S, block_size, HQ, D) * sel.shape[1]
 
 
+def shared_union_not_intersection(sel, tile):
+    rows = []
+    for first in range(0, sel.shape[0], tile):
+        chosen = sorted({j for j in sel[first:first + tile].flatten().tolist() if j >= 0})[:sel.shape[1]]
+        rows.append(chosen + [-1] * (sel.shape[1] - len(chosen)))
+    return torch.tensor(rows, dtype=torch.int32)
+
+
+def shared_first_query_only(sel, tile):
+    first = sel[::tile].long()                                        # the tile's first query, not all of them
+    ordered = torch.where(first < 0, 10 ** 6, first).sort(-1).values
+    return torch.where(ordered == 10 ** 6, -1, ordered).int()
+
+
 CHECKS = [
     (nb04.check_sort_key, sol04.sort_key, sort_key_raw_bits),
     (nb04.check_sort_key, sol04.sort_key, sort_key_flip_all_bits),
@@ -55,6 +69,8 @@ CHECKS = [
     (nb04.check_kv_program_loads, sol04.kv_program_loads, kv_loads_query_order),
     (nb04.check_useful_flops, sol04.useful_flops, flops_whole_blocks),
     (nb04.check_useful_flops, sol04.useful_flops, flops_all_heads_per_row),
+    (nb04.check_tile_shared_blocks, sol04.tile_shared_blocks, shared_union_not_intersection),
+    (nb04.check_tile_shared_blocks, sol04.tile_shared_blocks, shared_first_query_only),
 ]
 (test_checker_accepts_the_solution, test_checker_rejects_a_typical_mistake_and_names_it,
  test_checker_reports_an_unfinished_stub,

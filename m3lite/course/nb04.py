@@ -1,7 +1,9 @@
-"""Checkers of notebook 04 (Triton kernels): the sort key, the KV-outer program list, useful FLOPs."""
+"""Checkers of notebook 04 (Triton kernels): the sort key, the KV-outer program list, useful FLOPs,
+the blocks a tile of queries shares."""
 import torch
 
-from ..attention import attention_flops, num_blocks
+from ..attention import attention_flops, block_scores, num_blocks, select_blocks
+from ..attention.tile_shared import shared_blocks
 from ..bench.prefill import attended_tokens
 from ..kernels.indexer import _sort_key
 from ..kernels.sparse_kv import plan
@@ -79,3 +81,25 @@ def check_useful_flops(fn):
             flops = attention_flops(HQ // HI, attended_tokens(sel, T, S, BS), D)
             cases.append((f"{label}-HQ{HQ}-D{D}", (sel, S, BS, HQ, D), flops))
     return verdict("useful_flops", fn, cases, compare=same_count)
+
+
+def _local_selection(T, S, BS, K, seed):
+    """One selection row [T, K] whose index queries drift along the sequence: neighbours share blocks."""
+    g = torch.Generator().manual_seed(seed)
+    walk = torch.randn(1, 1, S, 8, generator=g).mul(0.3).cumsum(2)
+    ik = walk + torch.randn(1, 1, S, 8, generator=g)
+    return select_blocks(block_scores(walk[:, :, S - T:], ik, block_size=BS), top_k=K)[0, 0]
+
+
+def check_tile_shared_blocks(fn):
+    """fn(sel, tile): sel int [T, K] -> int [ceil(T / tile), K], each tile's shared blocks, ascending, -1 after."""
+    cases = []
+    for i, (label, _, _, T, S, BS, K) in enumerate(SIZES):
+        for make, kind in ((_selection, "random"), (None, "locality")):
+            sel = (_selection(1, 1, T, S, BS, K, seed=40 + i)[0, 0] if make else _local_selection(T, S, BS, K, 50 + i))
+            for tile in (1, 4, 5):
+                cases.append((f"{label} {kind}, tile={tile}", (sel, tile), shared_blocks(sel[None, None], tile)[0, 0]))
+    sel = torch.tensor([[2, 2, 0], [0, 2, -1], [2, 0, 1]], dtype=torch.int32)   # a repeat, a -1, a partial tile
+    for tile, expected in ((2, [[0, 2, -1], [0, 1, 2]]), (3, [[0, 2, -1]]), (8, [[0, 2, -1]])):
+        cases.append((f"hand-made {sel.tolist()}, tile={tile}", (sel, tile), torch.tensor(expected, dtype=torch.int32)))
+    return verdict("tile_shared_blocks", fn, cases)

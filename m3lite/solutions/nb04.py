@@ -1,4 +1,5 @@
-"""Reference solutions of notebook 04 (Triton kernels): sort key, KV-outer program list, useful FLOPs."""
+"""Reference solutions of notebook 04 (Triton kernels): sort key, KV-outer program list, useful FLOPs,
+tile-shared blocks."""
 import torch
 
 
@@ -30,3 +31,14 @@ def useful_flops(sel, S, block_size, HQ, D):
     end = torch.minimum(start + block_size, torch.minimum(pos + 1, torch.tensor(S)))
     visible = torch.where(sel >= 0, (end - start).clamp(min=0), 0)
     return 4 * D * (HQ // HI) * int(visible.sum())
+
+
+def tile_shared_blocks(sel, tile):
+    """For each tile of `tile` consecutive queries: the blocks all of them chose, ascending, then -1."""
+    T, K = sel.shape
+    rows = []
+    for first in range(0, T, tile):
+        chosen = [set(j for j in sel[t].tolist() if j >= 0) for t in range(first, min(first + tile, T))]
+        shared = sorted(set.intersection(*chosen))
+        rows.append(shared + [-1] * (K - len(shared)))
+    return torch.tensor(rows, dtype=torch.int32)
