@@ -1,6 +1,7 @@
-"""Kernel variants side by side on a GPU, one process: the KV-outer pieces and the indexer.
+"""Kernel variants side by side on a GPU, one process: the KV-outer pieces, the tile pass and the indexer.
 
-Usage (GPU only): python3 scripts/sweep_prefill.py [--repeats N] > sweep.txt
+Usage (GPU only): python3 scripts/sweep_prefill.py [--repeats N] [--cases ...] [--tile-cases ...]
+    [--profile-tile-cases ...] [--indexer-cases ...] > sweep.txt  (indices into m3lite.bench.prefill.CASES)
 Each variant is checked against the recorded version (scripts/variants/) before it is timed.
 """
 import argparse

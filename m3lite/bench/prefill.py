@@ -1,5 +1,6 @@
 """GPU prefill benchmark: dense SDPA, FlexAttention with the same selection as a mask, our
-query-major and KV-outer kernels, and msa_attention end to end, side by side in one process.
+query-major and KV-outer paths (the KV-outer one with and without the tile pass), and
+msa_attention end to end, side by side in one process.
 
 Useful FLOP/s counts only the tokens each method has to attend: 4 * D * sum over query heads
 and queries of the visible tokens of the selected blocks (for SDPA: the causal triangle).
