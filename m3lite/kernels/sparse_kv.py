@@ -99,7 +99,7 @@ def _combine_fwd(O_PART, LSE_PART, O, LSE, ENABLED, stride_ob, stride_oh, stride
     A program takes BLOCK_R consecutive (query, head) rows of one (batch, index head). With the
     weights known up front, the second pass is only loads and multiply-adds, one slot after another
     with nothing carried between them but the sum: no load waits on the last slot's arithmetic.
-    ENABLED (a flag in device memory) = 0 turns every load and store off: the call then does nothing.
+    ENABLED is a flag in device memory: where it is 0 every program returns at once.
     """
     i_r, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)           # i_bh = b * HI + hi
     offs_r = i_r * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -264,8 +264,8 @@ def tiles_share_enough(sel, shared, tile, min_share=0.5):
     (query, block) pairs?
 
     Measured on an H200 (data/bench/NOTES-kv-outer.md): where tiles share 95-97% of the pairs (the
-    locality pattern) the tile pass makes the whole call 1.2-1.6x faster; where they share 5% (the
-    random pattern: the own block) it makes it 1.15-1.2x slower, as it merges some 15 partials a
-    query less efficiently than the combine. Shares in between were not measured.
+    locality pattern) the tile pass makes the whole call 1.2-1.6x faster; where they share 7-8% (the
+    random pattern: about the own block only) it makes it 1.15-1.2x slower, as it merges some 15
+    partials a query less efficiently than the combine. Shares in between were not measured.
     """
     return (tile * (shared >= 0).sum() >= min_share * (sel >= 0).sum()).to(torch.int32).reshape(1)
