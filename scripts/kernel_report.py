@@ -1,12 +1,12 @@
-"""Compile the KV-outer kernel for sm_90a on a machine without a GPU and print ptxas's report.
+"""Compile the KV-outer kernel or the tile pass for sm_90a on a machine without a GPU and print ptxas's report.
 
 Registers, spills and shared memory answer most "why is it slow" questions before any device time
 is spent. Use the Triton version of the GPU machine for numbers that match it:
     pip install --no-deps --target /tmp/t36 triton==3.6.0
-    PYTHONPATH=/tmp/t36:. python scripts/kernel_report.py kv [KEY=VALUE ...]
-KEY=VALUE sets a constexpr (G, SLOTS, BS, BLOCK_M, HEAD_DIM, CAUSAL, UPCAST), a launch option
-(num_warps, num_stages) or a run-time int (T, CHUNK, ...), as `plan()` would launch it: CHUNK
-defaults to BLOCK_M // G. Triton specialises run-time ints (equal to 1, divisible by 16), so
+    PYTHONPATH=/tmp/t36:. python scripts/kernel_report.py {kv|tile} [KEY=VALUE ...]
+KEY=VALUE sets a constexpr (kv: G, SLOTS, BS, BLOCK_M, HEAD_DIM, CAUSAL, UPCAST; tile: also TILE,
+BLOCK_N), a launch option (num_warps, num_stages) or a run-time int (T, CHUNK, ...), as the
+launcher would: for kv, CHUNK defaults to BLOCK_M // G (`plan()`); for tile, TILE to BLOCK_M // G. Triton specialises run-time ints (equal to 1, divisible by 16), so
 their values can change the code. The other shapes are the M3 benchmark's at 64K.
 """
 import os
@@ -66,14 +66,28 @@ def kv_kernel():
     return kv._sparse_kv_fwd, pointers, values, constexprs
 
 
+def tile_kernel():
+    """The tile pass, its pointer types, run-time values and constexprs (M3, 64K, 256-row tiles)."""
+    from m3lite.kernels import sparse_shared as sh
+    pointers = dict(Q="*bf16", K="*bf16", V="*bf16", SHARED="*i32", O_PART="*bf16", LSE_PART="*fp32", O="*bf16",
+                    LSE="*fp32", ENABLED="*i32")
+    T, D = 65536, 128
+    values = dict(stride_qb=64 * T * D, stride_qh=T * D, stride_qt=D, stride_kb=4 * T * D, stride_kh=T * D,
+                  stride_ks=D, stride_ob=64 * T * D, stride_oh=T * D, stride_ot=D, T=T, S=T, HI=4, R=1,
+                  NUM_TILES=T // 16, qk_scale=0.1)
+    constexprs = dict(G=16, SLOTS=16, SLOTS_POW2=16, CAUSAL=True, BS=128, BLOCK_N=128, BLOCK_M=256, HEAD_DIM=D,
+                      UPCAST=False)
+    return sh._tile_pass_fwd, pointers, values, constexprs
+
+
 def main(argv):
-    if not argv or argv[0] != "kv" or any("=" not in a for a in argv[1:]):
+    if not argv or argv[0] not in ("kv", "tile") or any("=" not in a for a in argv[1:]):
         raise SystemExit(__doc__)
+    if argv[0] == "tile":
+        return report_tile(argv[1:])
     fn, pointers, values, constexprs = kv_kernel()
     launch = dict(num_warps=4, num_stages=1)
-    for pair in argv[1:]:
-        key, value = pair.split("=", 1)
-        value = int(value) if value.lstrip("-").isdigit() else value == "True" if value in ("True", "False") else value
+    for key, value in parse(argv[1:]):
         target = launch if key in launch else constexprs if key in constexprs else values if key in values or key in (
             "CHUNK", "ENTRIES_PER_PROGRAM") else None
         if target is None:
@@ -83,6 +97,28 @@ def main(argv):
     values.setdefault("ENTRIES_PER_PROGRAM", values["CHUNK"] * 64)            # plan()'s 64 chunks a program
     print("kv", {**constexprs, **launch, "CHUNK": values["CHUNK"], "ENTRIES_PER_PROGRAM": values["ENTRIES_PER_PROGRAM"]})
     print(compile_report(fn, pointers, values, constexprs, **launch))
+
+
+def report_tile(pairs):
+    fn, pointers, values, constexprs = tile_kernel()
+    launch = dict(num_warps=8, num_stages=2)
+    for key, value in parse(pairs):
+        target = launch if key in launch else constexprs if key in (*constexprs, "TILE") else values if key in values \
+            else None
+        if target is None:
+            raise SystemExit(f"unknown KEY {key!r}: one of {sorted([*launch, *constexprs, *values, 'TILE'])}")
+        target[key] = value
+    constexprs.setdefault("TILE", constexprs["BLOCK_M"] // constexprs["G"])
+    values["NUM_TILES"] = values["T"] // constexprs["TILE"]
+    print("tile", {**constexprs, **launch})
+    print(compile_report(fn, pointers, values, constexprs, **launch))
+
+
+def parse(pairs):
+    """KEY=VALUE strings -> (key, int, bool or str value) pairs."""
+    for pair in pairs:
+        key, value = pair.split("=", 1)
+        yield key, int(value) if value.lstrip("-").isdigit() else value == "True" if value in ("True", "False") else value
 
 
 if __name__ == "__main__":
