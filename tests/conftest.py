@@ -49,6 +49,11 @@ def random_selection(B, HI, T, S, block_size, K, seed=0, causal=True):
     return sel
 
 
+def rel_error(out, ref):
+    """Relative error in float64: |out - ref| / |ref| (Frobenius norms)."""
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
 def randn(*shape, seed=0, dtype=torch.float32, device="cpu"):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(device=device, dtype=dtype)
 

@@ -13,6 +13,7 @@ from m3lite.attention.decode import decode_attention_torch, dequantize_index_key
 from m3lite.kernels import decode as decode_kernels
 
 import conftest
+from conftest import rel_error
 
 DEVICE = m3.env.device()
 ON_GPU = DEVICE.type == "cuda"
@@ -29,10 +30,6 @@ def sequence(L, HQ=4, HKV=2, HI=1, D=32, DI=16, seed=0, dtype=torch.float32):
     return (randn(1, HQ, L, D, seed=seed, dtype=dtype), randn(1, HKV, L, D, seed=seed + 1, dtype=dtype),
             randn(1, HKV, L, D, seed=seed + 2, dtype=dtype), randn(1, HI, L, DI, seed=seed + 3, dtype=dtype),
             randn(1, 1, L, DI, seed=seed + 4, dtype=dtype))
-
-
-def rel_error(out, ref):
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import m3lite as m3
 from m3lite import kernels
 import conftest
-from conftest import masked_reference, shape_name as name, sparse_inputs, token_mask
+from conftest import masked_reference, rel_error, shape_name as name, sparse_inputs, token_mask
 
 DEVICE = m3.env.device()
 ON_GPU = DEVICE.type == "cuda"
@@ -22,10 +22,6 @@ ORDERS = ["query", "kv"]
 
 pytestmark = pytest.mark.usefixtures("poison_kernel_outputs")
 randn = partial(conftest.randn, device=DEVICE)
-
-
-def rel_error(out, ref):
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 TOL = {torch.float32: 3e-3 if ON_GPU else 1e-5, torch.float16: 5e-3, torch.bfloat16: 1.5e-2}

@@ -5,7 +5,7 @@ import torch
 
 import m3lite as m3
 import conftest
-from conftest import masked_reference, token_mask
+from conftest import masked_reference, rel_error, token_mask
 from m3lite.bench.prefill import index_inputs
 from m3lite.attention.tile_shared import rest_of_selection, shared_blocks, shared_per_query, tile_shared_attention
 from m3lite.kernels import sparse_kv as kv
@@ -15,10 +15,6 @@ from m3lite.solutions import nb04 as sol04
 DEVICE = m3.env.device()
 ON_GPU = DEVICE.type == "cuda"
 pytestmark = pytest.mark.usefixtures("poison_kernel_outputs")
-
-
-def rel_error(out, ref):
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 def local_selection(B, HI, T, S, BS, K, seed=0):

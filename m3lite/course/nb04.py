@@ -95,8 +95,9 @@ def check_tile_shared_blocks(fn):
     """fn(sel, tile): sel int [T, K] -> int [ceil(T / tile), K], each tile's shared blocks, ascending, -1 after."""
     cases = []
     for i, (label, _, _, T, S, BS, K) in enumerate(SIZES):
-        for make, kind in ((_selection, "random"), (None, "locality")):
-            sel = (_selection(1, 1, T, S, BS, K, seed=40 + i)[0, 0] if make else _local_selection(T, S, BS, K, 50 + i))
+        selections = {"random": _selection(1, 1, T, S, BS, K, seed=40 + i)[0, 0],
+                      "locality": _local_selection(T, S, BS, K, seed=50 + i)}
+        for kind, sel in selections.items():
             for tile in (1, 4, 5):
                 cases.append((f"{label} {kind}, tile={tile}", (sel, tile), shared_blocks(sel[None, None], tile)[0, 0]))
     sel = torch.tensor([[2, 2, 0], [0, 2, -1], [2, 0, 1]], dtype=torch.int32)   # a repeat, a -1, a partial tile
