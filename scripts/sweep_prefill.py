@@ -1,7 +1,7 @@
 """Kernel variants side by side on a GPU, one process: the KV-outer pieces, the tile pass and the indexer.
 
 Usage (GPU only): python3 scripts/sweep_prefill.py [--repeats N] [--cases ...] [--tile-cases ...]
-    [--profile-tile-cases ...] [--indexer-cases ...] > sweep.txt  (indices into m3lite.bench.prefill.CASES)
+    [--call-cases ...] [--profile-tile-cases ...] [--indexer-cases ...] > sweep.txt  (indices into m3lite.bench.prefill.CASES)
 Each variant is checked against the recorded version (scripts/variants/) before it is timed.
 """
 import argparse
@@ -22,6 +22,7 @@ from m3lite.kernels import sparse_shared as sh
 sys.path.insert(0, "scripts/variants")
 import indexer_v1 as ix_v1  # noqa: E402  (the indexer kernels before the unmasked loop)
 import sparse_kv_v1 as kv_v1  # noqa: E402  (the kernel as of the last recorded benchmark)
+import sparse_kv_v2 as kv_v2  # noqa: E402  (the whole call before the per-tile choice, host sync in the work list)
 
 
 def kv_sweep(case, pattern, repeats, profile=False):
@@ -124,6 +125,36 @@ def tile_sweep(case, pattern, repeats):
     torch.cuda.empty_cache()
 
 
+def calls_sweep(case, pattern, repeats):
+    """Whole KV-outer calls: the version before (one flag for the whole call, a host sync in the
+    work list) against the current one (per-tile choice, no sync), and q in [B, T, HQ, D] memory."""
+    q, k, v, _, _, sel = case_inputs(case, pattern)
+    T, BS, D, G = case["T"], case["BS"], case["D"], case["HQ"] // case["HKV"]
+    scale = D ** -0.5
+    useful = attention_flops(G, attended_tokens(sel, T, T, BS), D)
+    heads_inner = q.transpose(1, 2).contiguous().transpose(1, 2)
+    ref, _ = kv.sparse_attention_kv(q, k, v, sel, BS, True, scale, tile_rows=0)
+    print(f"{case_name(case)} {pattern}: useful {useful / 1e12:.2f} TFLOP", flush=True)
+    p = kv.plan(unique_selection(sel), T, BS, G)
+    rows = [("before: default call", lambda: kv_v2.sparse_attention_kv(q, k, v, sel, BS, True, scale)),
+            ("now: default call", lambda: kv.sparse_attention_kv(q, k, v, sel, BS, True, scale)),
+            ("before: tile_rows=0", lambda: kv_v2.sparse_attention_kv(q, k, v, sel, BS, True, scale, tile_rows=0)),
+            ("now: tile_rows=0", lambda: kv.sparse_attention_kv(q, k, v, sel, BS, True, scale, tile_rows=0)),
+            ("now: default call, q heads innermost",
+             lambda: kv.sparse_attention_kv(heads_inner, k, v, sel, BS, True, scale)),
+            ("now: tile_rows=0, q heads innermost",
+             lambda: kv.sparse_attention_kv(heads_inner, k, v, sel, BS, True, scale, tile_rows=0)),
+            ("partials only (all of sel)", lambda: kv.partials(q, k, v, sel.shape, p, BS, True, scale)),
+            ("partials only, q heads innermost", lambda: kv.partials(heads_inner, k, v, sel.shape, p, BS, True, scale))]
+    for name, fn in rows:
+        out = fn()[0]
+        err = f"err vs now tile_rows=0 {relative_error(out, ref):.1e}" if out.shape == ref.shape else ""
+        ms = time_ms(fn, repeats)
+        print(f"  {name:45s} {ms:8.2f} ms {useful / ms / 1e9:6.1f} TFLOP/s {err}", flush=True)
+    del q, k, v, sel, ref, heads_inner, p
+    torch.cuda.empty_cache()
+
+
 def tile_profile(case, pattern):
     """torch's profile of the default KV-outer call (tile pass chosen on the device) and of the forced one."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
@@ -175,6 +206,7 @@ if __name__ == "__main__":
     parser.add_argument("--cases", type=int, nargs="*", default=[1, 3, 4, 2])
     parser.add_argument("--indexer-cases", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--tile-cases", type=int, nargs="*", default=[])
+    parser.add_argument("--call-cases", type=int, nargs="*", default=[])
     parser.add_argument("--patterns", nargs="*", default=["locality", "random"])
     parser.add_argument("--profile-tile-cases", type=int, nargs="*", default=[])
     parser.add_argument("--profile-plan", action="store_true", help="print torch's profile of the plan")
@@ -187,6 +219,10 @@ if __name__ == "__main__":
     for i in args.tile_cases:
         for pattern in args.patterns:
             tile_sweep(CASES[i], pattern, args.repeats)
+            print(f"  [{time.time() - t0:.0f} s]", flush=True)
+    for i in args.call_cases:
+        for pattern in args.patterns:
+            calls_sweep(CASES[i], pattern, args.repeats)
             print(f"  [{time.time() - t0:.0f} s]", flush=True)
     for i in args.profile_tile_cases:
         for pattern in args.patterns:

@@ -67,13 +67,26 @@ def test_rest_and_shared_cover_every_choice_once(tile):
 
 @pytest.mark.parametrize("tile", [1, 5, 8, 128])
 @pytest.mark.parametrize("K", [3, 16])
-def test_plan_kernel_matches_torch_plan(tile, K):
+@pytest.mark.parametrize("min_share", [0.0, 0.5])
+def test_plan_kernel_matches_torch_plan(tile, K, min_share):
     T = min(141, 4 * tile + 3)                                          # the interpreter runs a program per tile
     sel = local_selection(2, 2, T, 300, 16, K, seed=K)
     sel[1, 1, tile:2 * tile] = -1                                       # a tile with nothing chosen
-    shared, rest = tile_plan(sel.to(DEVICE), tile)
-    assert torch.equal(shared.cpu(), shared_blocks(sel, tile))
-    assert torch.equal(rest.cpu(), rest_of_selection(sel, shared_blocks(sel, tile), tile))
+    shared, rest = tile_plan(sel.to(DEVICE), tile, min_share)
+    assert torch.equal(shared.cpu(), shared_blocks(sel, tile, min_share))
+    assert torch.equal(rest.cpu(), rest_of_selection(sel, shared_blocks(sel, tile, min_share), tile))
+
+
+def test_tiles_that_share_too_little_keep_their_whole_selection():
+    sel = local_selection(1, 1, 40, 80, 8, 6)                          # tiles of 4: own, previous, 4 of 5 in a run
+    sel[0, 0, 8:12] = torch.tensor([[9, 1, 2, 3, 4, 5], [9, 6, 7, 8, 0, -1], [9, 1, 6, 0, -1, -1], [9, 2, 3, -1, -1, -1]])
+    everything = shared_blocks(sel, 4)
+    assert everything[0, 0, 2].tolist() == [9, -1, -1, -1, -1, -1]      # 4 of the tile's 18 pairs shared
+    assert torch.equal(shared_blocks(sel, 4, min_share=4 / 18), everything)
+    quarter = shared_blocks(sel, 4, min_share=0.25)
+    assert quarter[0, 0, 2].tolist() == [-1] * 6 and torch.equal(rest_of_selection(sel, quarter, 4)[0, 0, 8:12], sel[0, 0, 8:12])
+    others = [t for t in range(10) if t != 2]
+    assert torch.equal(quarter[0, 0, others], everything[0, 0, others])
 
 
 @pytest.mark.parametrize("causal", [True, False])
@@ -90,11 +103,13 @@ def test_torch_twin_is_sparse_attention(causal, tile):
 
 def test_tile_pass_alone_is_attention_over_the_shared_blocks():
     """With no KV-outer partials at all (every lse -inf), the tile pass's output is the attention
-    over each query's tile-shared blocks only."""
+    over each query's tile-shared blocks only; it leaves the rows of tiles with none unwritten
+    (the combine's)."""
     B, HQ, HKV, HI, T, S, D, BS, K = 1, 8, 2, 1, 50, 50, 16, 16, 3
     q, k, v = (conftest.randn(B, h, T, D, seed=s, device=DEVICE) for s, h in ((1, HQ), (2, HKV), (3, HKV)))
     sel = local_selection(B, HI, T, S, BS, K).to(DEVICE)
     _, tile = tile_size(HQ // HKV, 16)
+    sel[:, :, tile:2 * tile] = -1                                       # a tile that shares nothing
     shared, _ = tile_plan(sel, tile)
     o_part = torch.full((B * HI * T * K, HKV // HI, HQ // HKV, D), float("nan"), device=DEVICE)
     lse_part = torch.full((B * HI * T * K, HKV // HI, HQ // HKV), float("-inf"), device=DEVICE)
@@ -102,25 +117,45 @@ def test_tile_pass_alone_is_attention_over_the_shared_blocks():
     twin, twin_lse = m3.sparse_attention(q, k, v, shared_per_query(shared, tile, T), block_size=BS, order="query",
                                          backend="torch", return_lse=True)
     assert (shared >= 0).any() and (shared < 0).any()
-    assert rel_error(out, twin) < (3e-3 if ON_GPU else 1e-5)
-    assert torch.equal(torch.isfinite(lse), torch.isfinite(twin_lse))
-    finite = torch.isfinite(twin_lse)
-    torch.testing.assert_close(lse[finite], twin_lse[finite], atol=1e-2 if ON_GPU else 1e-5, rtol=1e-4)
+    taken = shared_per_query(shared, tile, T)[0, 0, :, 0] >= 0          # queries whose tile shares a block
+    assert taken.any() and not taken.all()
+    assert rel_error(out[:, :, taken], twin[:, :, taken]) < (3e-3 if ON_GPU else 1e-5)
+    torch.testing.assert_close(lse[:, :, taken], twin_lse[:, :, taken], atol=1e-2 if ON_GPU else 1e-5, rtol=1e-4)
+    assert out[:, :, ~taken].isnan().all() and lse[:, :, ~taken].isnan().all()    # poisoned, never written
 
 
-def test_auto_takes_the_tile_pass_only_where_tiles_share_enough():
-    """The default call decides on the device; either way its output is the sparse attention."""
-    neighbours = local_selection(1, 1, 64, 512, 16, 3)[..., :2].contiguous()    # own and previous block
+def test_auto_takes_the_tile_pass_only_in_tiles_that_share_enough():
+    """The default call chooses per tile, on the device; with the tiles that take the tile pass and
+    those that keep the combine mixed in one call, its output is the sparse attention."""
+    neighbours = local_selection(1, 1, 64, 512, 16, 3)
+    neighbours[..., 2] = -1                                                       # own and previous block
     scattered = conftest.random_selection(1, 1, 64, 512, 16, 3, seed=1)          # own + 2 of 28 or more
+    mixed = torch.cat((neighbours[:, :, :32], scattered[:, :, 32:]), 2)
     q, k, v = (conftest.randn(1, h, n, 16, seed=s, device=DEVICE) for s, h, n in ((1, 8, 64), (2, 2, 512), (3, 2, 512)))
-    for sel, expected in ((neighbours, True), (scattered, False)):
+    tile = tile_size(4, kv.default_tile_rows(4, 16))[1]
+    for sel, tiles_taking_it in ((neighbours, "all"), (scattered, "none"), (mixed, "some")):
         sel = sel.to(DEVICE)
-        shared, _ = tile_plan(sel, 4)
-        assert bool(kv.tiles_share_enough(sel, shared, 4)) is expected
+        shared, _ = tile_plan(sel, tile, kv.MIN_SHARE)
+        took = (shared[0, 0, :, 0] >= 0).tolist()
+        assert {"all": all(took), "none": not any(took), "some": any(took) and not all(took)}[tiles_taking_it]
         out, lse = kv.sparse_attention_kv(q, k, v, sel, 16, True, 0.25)
         twin, twin_lse = m3.sparse_attention(q, k, v, sel, block_size=16, backend="torch", return_lse=True)
         assert rel_error(out, twin) < (3e-3 if ON_GPU else 1e-5)
         torch.testing.assert_close(lse, twin_lse, atol=1e-2 if ON_GPU else 1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("tile_rows", [None, 0])
+def test_queries_with_heads_innermost_are_read_in_place(tile_rows):
+    """q as a [B, HQ, T, D] view of [B, T, HQ, D] memory (what a model's projection gives): the
+    kernels take its strides, with the same result as a contiguous copy."""
+    sel = local_selection(1, 2, 40, 40, 8, 3).to(DEVICE)
+    q = conftest.randn(1, 40, 8, 16, seed=1, device=DEVICE).transpose(1, 2)
+    k, v = (conftest.randn(1, 2, 40, 16, seed=s, device=DEVICE) for s in (2, 3))
+    out, lse = kv.sparse_attention_kv(q, k, v, sel, 8, True, 0.25, tile_rows=tile_rows)
+    ref, ref_lse = kv.sparse_attention_kv(q.contiguous(), k, v, sel, 8, True, 0.25, tile_rows=tile_rows)
+    assert not q.is_contiguous()
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+    torch.testing.assert_close(lse, ref_lse, atol=0, rtol=0)
 
 
 # B, HQ, HKV, HI, T, S, D, BS, K

@@ -26,9 +26,11 @@ def tile_view(sel, tile):
     return sel.reshape(B, HI, -1, tile, K)
 
 
-def shared_blocks(sel, tile):
+def shared_blocks(sel, tile, min_share=0.0):
     """[B, HI, ceil(T / tile), K]: for each tile of `tile` consecutive queries, the blocks that every
-    query of the tile chose, each once, in ascending order, then -1 (a tile shares at most K)."""
+    query of the tile chose, each once, in ascending order, then -1 (a tile shares at most K).
+    A tile whose shared blocks hold less than min_share of its chosen (query, block) pairs gets
+    none: all of its selection stays with the KV-outer order."""
     tiles = tile_view(sel, tile)
     first = tiles[:, :, :, 0]                                       # candidates: the first query's blocks
     chosen_by = (tiles[..., :, None] == first[:, :, :, None, None, :]).any(-2)   # [B, HI, NT, tile, K]
@@ -37,9 +39,21 @@ def shared_blocks(sel, tile):
     earlier = torch.ones(K, K, dtype=torch.bool, device=sel.device).tril(-1)
     repeat = ((first[..., :, None] == first[..., None, :]) & earlier).any(-1)   # an id the first query chose twice
     keep = in_every & (first >= 0) & ~repeat
+    keep &= shares_enough(sel, keep.sum(-1), tile, min_share)[..., None]
     last = torch.iinfo(sel.dtype).max
     ordered = torch.where(keep, first, last).sort(dim=-1).values
     return torch.where(ordered == last, -1, ordered)
+
+
+def shares_enough(sel, shared_per_tile, tile, min_share):
+    """[B, HI, NT] bool: do a tile's shared_per_tile blocks, times its queries, make at least
+    min_share of the (query, block) pairs its queries chose?"""
+    T = sel.shape[2]
+    queries = torch.arange(T, device=sel.device)
+    queries_per_tile = torch.zeros(shared_per_tile.shape[-1], dtype=torch.long, device=sel.device)
+    queries_per_tile.index_add_(0, queries // tile, torch.ones_like(queries))
+    chosen = torch.zeros_like(shared_per_tile).index_add_(2, queries // tile, (sel >= 0).sum(-1))
+    return shared_per_tile * queries_per_tile >= min_share * chosen
 
 
 def rest_of_selection(sel, shared, tile):

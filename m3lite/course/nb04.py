@@ -54,7 +54,7 @@ def check_kv_program_loads(fn):
         for per_program in (1, 3, 8):
             p = plan(sel[None, None], S, BS, 1, block_m=per_program, chunks_per_program=1)
             cases.append((f"{label}, per_program={per_program}", (sel, NB, per_program),
-                          kv_program_loads(p.rows, NB)))
+                          kv_program_loads(p.rows[p.working()], NB)))
     sel = torch.tensor([[0, -1], [1, 0], [3, -1], [0, 3]], dtype=torch.int32)
     cases.append(("hand-made, an unused block, per_program=2", (sel, 5, 2),
                   torch.tensor([[1, 0, 0, 0, 0], [1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 0, 1, 0]])))

@@ -25,6 +25,8 @@ def _sparse_kv_fwd(Q, K, V, ENTRIES, ROWS, STARTS, OFFSETS, O_PART, LSE_PART,
     row = tl.load(ROWS + i_w)                                          # a (batch, index head, block)
     start = tl.load(STARTS + i_w)
     end = tl.minimum(tl.load(OFFSETS + row + 1), start + ENTRIES_PER_PROGRAM)
+    if start >= end:                                                   # a spare program of the work list
+        return
     i_b, i_hi, j = (row // (HI * NB)).to(tl.int64), ((row // NB) % HI).to(tl.int32), (row % NB).to(tl.int32)
     i_kv = i_hi * R + i_r
     offs_d = tl.arange(0, HEAD_DIM)
@@ -91,24 +93,29 @@ def _gather_q(p_q, t, m_row, stride_qt, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _combine_fwd(O_PART, LSE_PART, O, LSE, ENABLED, stride_ob, stride_oh, stride_ot, T, HI, NUM_SLOTS,
-                 SLOTS_POW2: tl.constexpr, HEADS: tl.constexpr, BLOCK_R: tl.constexpr, HEAD_DIM: tl.constexpr):
+def _combine_fwd(O_PART, LSE_PART, O, LSE, SHARED, stride_ob, stride_oh, stride_ot, T, HI, NUM_SLOTS, NUM_TILES,
+                 SLOTS_POW2: tl.constexpr, HEADS: tl.constexpr, BLOCK_R: tl.constexpr, HEAD_DIM: tl.constexpr,
+                 TILE: tl.constexpr):
     """Merge the NUM_SLOTS partials of each (query, head) like split-KV decoding, in two passes:
     every slot's weight from the lses first, then the weighted sum of the partial outputs.
 
     A program takes BLOCK_R consecutive (query, head) rows of one (batch, index head). With the
     weights known up front, the second pass is only loads and multiply-adds, one slot after another
     with nothing carried between them but the sum: no load waits on the last slot's arithmetic.
-    ENABLED is a flag in device memory: where it is 0 every program returns at once.
+    With TILE > 0 the rows of the tiles that took the tile pass (their first shared block is not
+    -1) are left to it; a program with only such rows returns at once.
     """
     i_r, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)           # i_bh = b * HI + hi
     offs_r = i_r * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_d = tl.arange(0, HEAD_DIM)
     offs_s = tl.arange(0, SLOTS_POW2)
     t, h = offs_r // HEADS, offs_r % HEADS
-    if tl.load(ENABLED) == 0:                                             # the tile pass writes this call
-        return
     m_r = t < T
+    if TILE > 0:
+        tile_took_it = tl.load(SHARED + (i_bh * NUM_TILES + t // TILE) * NUM_SLOTS, mask=m_r, other=-1) >= 0
+        m_r = m_r & (tile_took_it == 0)
+        if tl.max(m_r.to(tl.int32), 0) == 0:
+            return
     first_part = ((i_bh * T + t) * NUM_SLOTS) * HEADS + h                 # slot 0 of each row
     # -- pass 1: the lse of each row over all its slots
     lses = tl.load(LSE_PART + first_part[:, None] + offs_s[None, :] * HEADS,
@@ -133,14 +140,20 @@ def _combine_fwd(O_PART, LSE_PART, O, LSE, ENABLED, stride_ob, stride_oh, stride
     tl.store(LSE + (i_b * HI * HEADS + heads) * T + t, lse, mask=m_r)
 
 
-def work_list(offsets, per_program):
-    """Split every CSR row into pieces of at most `per_program` entries: (row, first entry) per program."""
-    counts = offsets.diff()
-    chunks = (counts + per_program - 1) // per_program
-    rows = torch.repeat_interleave(torch.arange(len(counts), device=offsets.device), chunks)
-    first_chunk = torch.cumsum(chunks, 0) - chunks
-    index_in_row = torch.arange(len(rows), device=offsets.device) - first_chunk[rows]
-    return rows, offsets[rows] + index_in_row * per_program
+def work_list(offsets, per_program, most_entries):
+    """Cut every CSR row into pieces of at most `per_program` entries: (row, first entry) per program.
+
+    The number of pieces is known only on the GPU, and reading it would stall the host, so the
+    list is as long as it could ever be (most_entries / per_program full pieces plus one partial
+    piece per row); the spare programs at its end start past their row's last entry and return.
+    """
+    num_rows = len(offsets) - 1
+    pieces = (offsets.diff() + per_program - 1) // per_program
+    pieces_before = torch.cumsum(pieces, 0)                          # inclusive: pieces of rows 0..r
+    program = torch.arange(num_rows + triton.cdiv(most_entries, per_program), device=offsets.device)
+    rows = torch.searchsorted(pieces_before, program, right=True).clamp_(max=num_rows - 1)
+    piece_in_row = program - (pieces_before[rows] - pieces[rows])
+    return rows, offsets[rows] + piece_in_row * per_program
 
 
 def block_entries(sel, num_blocks):
@@ -172,10 +185,14 @@ class KVPlan(NamedTuple):
     offsets: torch.Tensor      # [B*HI*NB + 1] where each (batch, index head, block)'s entries start
     entries: torch.Tensor      # flat indices into sel, which are also where the partials go
     rows: torch.Tensor         # [programs] the row (batch, index head, block) of each program
-    starts: torch.Tensor       # [programs] the program's first entry
+    starts: torch.Tensor       # [programs] the program's first entry (past its row's end: a spare)
     block_m: int               # (query, head) rows per tile
     chunk: int                 # queries per tile
     entries_per_program: int
+
+    def working(self):
+        """[programs] bool: the programs with entries to attend (the others are the list's spares)."""
+        return self.starts < self.offsets[self.rows + 1]
 
 
 def plan(sel, S, block_size, G, block_m=64, chunks_per_program=64):
@@ -183,7 +200,7 @@ def plan(sel, S, block_size, G, block_m=64, chunks_per_program=64):
     offsets, entries = block_entries(sel, triton.cdiv(S, block_size))
     block_m = max(block_m, next_pow2(G))
     chunk = block_m // G
-    rows, starts = work_list(offsets, chunk * chunks_per_program)
+    rows, starts = work_list(offsets, chunk * chunks_per_program, sel.numel())
     return KVPlan(offsets, entries, rows, starts, block_m, chunk, chunk * chunks_per_program)
 
 
@@ -206,23 +223,31 @@ def partials(q, k, v, sel_shape, kv_plan, block_size, causal, scale, num_warps=4
     return o_part, lse_part
 
 
-def combine(o_part, lse_part, q_shape, HI, K, block_r=128, num_warps=4, num_stages=2, enabled=None, out=None,
-            lse=None):
+def combine(o_part, lse_part, q_shape, HI, K, block_r=128, num_warps=4, num_stages=2, shared=None, tile=0,
+            out=None, lse=None):
     """Merge each query's K partials: (out [B, HQ, T, D] in the partials' dtype, lse [B, HQ, T]).
 
-    enabled: an int32 flag on the device; where it is 0 the kernel writes nothing (into out / lse
-    if given, which are otherwise new).
+    With the tile plan's `shared` [B, HI, num_tiles, K] (and its tile), the rows of the tiles that
+    took the tile pass are not written: the tile pass writes them (into out / lse, given then).
     """
     B, HQ, T, D = q_shape
     out = new_output(q_shape, o_part.dtype, o_part.device) if out is None else out
     lse = new_output((B, HQ, T), torch.float32, o_part.device) if lse is None else lse
-    enabled = torch.ones(1, dtype=torch.int32, device=o_part.device) if enabled is None else enabled
     heads = HQ // HI
     grid = (triton.cdiv(T * heads, block_r), B * HI)
-    _combine_fwd[grid](o_part, lse_part, out, lse, enabled, out.stride(0), out.stride(1), out.stride(2),
-                       T, HI, K, SLOTS_POW2=next_pow2(K), HEADS=heads, BLOCK_R=block_r, HEAD_DIM=D,
+    _combine_fwd[grid](o_part, lse_part, out, lse, lse_part if shared is None else shared,
+                       out.stride(0), out.stride(1), out.stride(2), T, HI, K,
+                       1 if shared is None else shared.shape[2], SLOTS_POW2=next_pow2(K), HEADS=heads,
+                       BLOCK_R=block_r, HEAD_DIM=D, TILE=0 if shared is None else tile,
                        num_warps=num_warps, num_stages=num_stages)
     return out, lse
+
+
+# Measured on an H200 (data/bench/NOTES-kv-outer.md): where tiles share 95-97% of the pairs (the
+# locality pattern) the tile pass made the whole call 1.2-1.6x faster; where they share 7-8% (the
+# random pattern: about the own block only) it made it 1.15-1.2x slower, as it merges some 15
+# partials a query less efficiently than the combine. Shares in between were not measured.
+MIN_SHARE = 0.5
 
 
 def sparse_attention_kv(q, k, v, sel, block_size, causal, scale, tile_rows=None):
@@ -230,42 +255,29 @@ def sparse_attention_kv(q, k, v, sel, block_size, causal, scale, tile_rows=None)
 
     A program loads one KV block and attends chunks of the queries that chose it, each chunk a
     [block_m, D] tile of (query, head) rows. Partials are kept in the input dtype for fp16/bf16
-    (half the traffic) and float32 otherwise. With tile_rows, the blocks that a whole tile of
-    consecutive queries chose (tiles of about tile_rows (query, head) rows) go through the
-    tile pass instead (sparse_shared.py), and the KV-outer kernel takes only the rest, whose
-    partials the tile pass merges in place of the combine. tile_rows=None picks the measured best
-    size, and the tile pass only where the tiles share enough (`tiles_share_enough`); tile_rows=0
-    sends every block through the KV-outer kernel and the combine.
+    (half the traffic) and float32 otherwise.
+
+    Before that, the tile plan finds the blocks that a whole tile of consecutive queries chose
+    (tiles of about tile_rows (query, head) rows). A tile that shares enough of its choices takes
+    the tile pass (sparse_shared.py): its shared blocks query-major, merged with the KV-outer
+    partials of the rest in place of the combine; the other tiles keep all of their selection for
+    the KV-outer kernel and the combine. tile_rows=None picks the measured best size and the tiles
+    that share at least MIN_SHARE of their chosen (query, block) pairs; a tile_rows > 0 sends
+    every tile that shares anything through the tile pass; tile_rows=0 sends no tile, and skips
+    the plan. No step reads anything back to the host.
     """
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    G, S = q.shape[1] // k.shape[1], k.shape[2]
+    q = q if q.stride(-1) == 1 else q.contiguous()      # e.g. [B, T, HQ, D] memory: each query's heads together
+    k, v = k.contiguous(), v.contiguous()
+    G, S, HI, K = q.shape[1] // k.shape[1], k.shape[2], sel.shape[1], sel.shape[3]
     if tile_rows == 0:
         o_part, lse_part = partials(q, k, v, sel.shape, plan(sel, S, block_size, G), block_size, causal, scale)
-        out, lse = combine(o_part, lse_part, q.shape, sel.shape[1], sel.shape[3])
+        out, lse = combine(o_part, lse_part, q.shape, HI, K)
         return out.to(q.dtype), lse
-    auto = tile_rows is None
-    rows = default_tile_rows(G, q.shape[-1]) if auto else tile_rows
+    rows = default_tile_rows(G, q.shape[-1]) if tile_rows is None else tile_rows
     tile = tile_size(G, rows)[1]
-    shared, rest = tile_plan(sel, tile)
-    if auto:  # the tiles must share enough; the choice stays on the device (no host sync): the KV-outer
-        # kernel gets rest or all of sel, and of the tile pass and the combine only one writes
-        use_tiles = tiles_share_enough(sel, shared, tile)
-        rest = torch.where(use_tiles.bool(), rest, sel)
+    shared, rest = tile_plan(sel, tile, min_share=MIN_SHARE if tile_rows is None else 0.0)
     o_part, lse_part = partials(q, k, v, sel.shape, plan(rest, S, block_size, G), block_size, causal, scale)
-    out, lse = tile_pass(q, k, v, shared, o_part, lse_part, block_size, causal, scale, block_m=rows,
-                         enabled=use_tiles if auto else None)
-    if auto:
-        combine(o_part, lse_part, q.shape, sel.shape[1], sel.shape[3], enabled=1 - use_tiles, out=out, lse=lse)
+    out, lse = tile_pass(q, k, v, shared, o_part, lse_part, block_size, causal, scale, block_m=rows)
+    combine(o_part, lse_part, q.shape, HI, K, shared=shared, tile=tile, out=out, lse=lse)
     return out.to(q.dtype), lse
 
-
-def tiles_share_enough(sel, shared, tile, min_share=0.5):
-    """An int32 flag [1] on the device: do the tiles share at least min_share of the chosen
-    (query, block) pairs?
-
-    Measured on an H200 (data/bench/NOTES-kv-outer.md): where tiles share 95-97% of the pairs (the
-    locality pattern) the tile pass makes the whole call 1.2-1.6x faster; where they share 7-8% (the
-    random pattern: about the own block only) it makes it 1.15-1.2x slower, as it merges some 15
-    partials a query less efficiently than the combine. Shares in between were not measured.
-    """
-    return (tile * (shared >= 0).sum() >= min_share * (sel >= 0).sum()).to(torch.int32).reshape(1)

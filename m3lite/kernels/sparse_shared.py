@@ -21,10 +21,11 @@ LN2 = tl.constexpr(0.6931471805599453)   # ln(2): lse in log2 units to natural l
 
 
 @triton.jit
-def _tile_plan(SEL, SHARED, REST, T, NUM_TILES, TILE: tl.constexpr, TILE_POW2: tl.constexpr,
+def _tile_plan(SEL, SHARED, REST, T, NUM_TILES, MIN_SHARE, TILE: tl.constexpr, TILE_POW2: tl.constexpr,
                SLOTS: tl.constexpr, SLOTS_POW2: tl.constexpr):
     """One tile of one selection row: the blocks all its queries chose (ascending, then -1), and
-    the rows of sel without them."""
+    the rows of sel without them; or, where the tile shares less than MIN_SHARE of its chosen
+    (query, block) pairs, no shared block and the rows unchanged."""
     i_tile, i_row = tl.program_id(0), tl.program_id(1).to(tl.int64)   # i_row = b * HI + hi
     offs_t = i_tile * TILE + tl.arange(0, TILE_POW2)
     offs_s = tl.arange(0, SLOTS_POW2)
@@ -42,6 +43,9 @@ def _tile_plan(SEL, SHARED, REST, T, NUM_TILES, TILE: tl.constexpr, TILE_POW2: t
     earlier = offs_s[None, :] < offs_s[:, None]                       # [c, c2]: c2 comes before c
     repeat = tl.max(((first[None, :] == first[:, None]) & earlier).to(tl.int32), 1)
     keep = (in_every > 0) & (first >= 0) & (repeat == 0)
+    n_shared_pairs = tl.sum(keep.to(tl.int32)) * tl.sum(m_t.to(tl.int32))
+    n_chosen_pairs = tl.sum((rows >= 0).to(tl.int32))
+    keep = tl.where(n_shared_pairs >= MIN_SHARE * n_chosen_pairs, keep, False)   # the tile takes the pass, or not
     last = 2147483647
     shared = tl.sort(tl.where(keep, first, last))
     tl.store(SHARED + (i_row * NUM_TILES + i_tile) * SLOTS + offs_s, tl.where(shared == last, -1, shared),
@@ -57,7 +61,7 @@ def _tile_plan(SEL, SHARED, REST, T, NUM_TILES, TILE: tl.constexpr, TILE_POW2: t
 
 
 @triton.jit
-def _tile_pass_fwd(Q, K, V, SHARED, O_PART, LSE_PART, O, LSE, ENABLED,
+def _tile_pass_fwd(Q, K, V, SHARED, O_PART, LSE_PART, O, LSE,
                    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_ks, stride_ob, stride_oh, stride_ot,
                    T, S, HI, R, NUM_TILES, qk_scale,
                    G: tl.constexpr, TILE: tl.constexpr, SLOTS: tl.constexpr, SLOTS_POW2: tl.constexpr,
@@ -69,17 +73,17 @@ def _tile_pass_fwd(Q, K, V, SHARED, O_PART, LSE_PART, O, LSE, ENABLED,
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     # row m of the tile is head g of its query t
+    p_ids = SHARED + ((i_b * HI + i_hi) * NUM_TILES + i_tile) * SLOTS
+    if tl.load(p_ids) < 0:                                             # no shared block: the combine writes it
+        return
     t = i_tile * TILE + offs_m // G
     g = offs_m % G
-    if tl.load(ENABLED) == 0:                                          # the combine writes this call
-        return
     m_row = (offs_m < TILE * G) & (t < T)
     b_q = tl.load(Q + i_b * stride_qb + (i_kv * G + g)[:, None] * stride_qh + t.to(tl.int64)[:, None] * stride_qt
                   + offs_d[None, :], mask=m_row[:, None], other=0.0)
     if UPCAST:
         b_q = b_q.to(tl.float32)
     # the tile's shared blocks, ascending, then -1; the first n_whole are seen whole by every query
-    p_ids = SHARED + ((i_b * HI + i_hi) * NUM_TILES + i_tile) * SLOTS
     offs_s = tl.arange(0, SLOTS_POW2)
     ids = tl.load(p_ids + offs_s, mask=offs_s < SLOTS, other=-1)
     whole = (ids >= 0) & ((ids + 1) * BS <= S)
@@ -155,24 +159,25 @@ def tile_size(G, block_m):
     return rows, rows // G
 
 
-def tile_plan(sel, tile, num_warps=4):
+def tile_plan(sel, tile, min_share=0.0, num_warps=4):
     """(shared [B, HI, ceil(T / tile), K], rest [B, HI, T, K]) as the torch twin's shared_blocks and
-    rest_of_selection compute them, in one kernel."""
+    rest_of_selection compute them, in one kernel: a tile whose shared blocks hold less than
+    min_share of its chosen (query, block) pairs gets none, and keeps its selection whole."""
     B, HI, T, K = sel.shape
     sel = sel.to(torch.int32).contiguous()
     num_tiles = triton.cdiv(T, tile)
     shared = new_output((B, HI, num_tiles, K), torch.int32, sel.device)
     rest = new_output((B, HI, T, K), torch.int32, sel.device)
-    _tile_plan[(num_tiles, B * HI)](sel, shared, rest, T, num_tiles, TILE=tile, TILE_POW2=next_pow2(tile),
+    _tile_plan[(num_tiles, B * HI)](sel, shared, rest, T, num_tiles, float(min_share), TILE=tile, TILE_POW2=next_pow2(tile),
                                     SLOTS=K, SLOTS_POW2=next_pow2(K), num_warps=num_warps)
     return shared, rest
 
 
 def tile_pass(q, k, v, shared, o_part, lse_part, block_size, causal, scale, block_m=128, block_n=128, num_warps=8,
-              num_stages=2, enabled=None):
+              num_stages=2):
     """(out [B, HQ, T, D], lse [B, HQ, T]): the tiles' shared blocks, merged with the KV-outer partials
-    o_part / lse_part ([B*HI*T*K, R, G, (D)], lse -inf where a slot has none). enabled: an int32
-    flag on the device; where it is 0 the kernel writes nothing."""
+    o_part / lse_part ([B*HI*T*K, R, G, (D)], lse -inf where a slot has none). The rows of tiles
+    with no shared block are not written (the combine's)."""
     B, HQ, T, D = q.shape
     HKV, S = k.shape[1], k.shape[2]
     HI, num_tiles, K = shared.shape[1], shared.shape[2], shared.shape[3]
@@ -180,8 +185,7 @@ def tile_pass(q, k, v, shared, o_part, lse_part, block_size, causal, scale, bloc
     rows, tile = tile_size(G, block_m)
     out = new_output(q.shape, o_part.dtype, q.device)
     lse = new_output((B, HQ, T), torch.float32, q.device)
-    enabled = torch.ones(1, dtype=torch.int32, device=q.device) if enabled is None else enabled
-    _tile_pass_fwd[(num_tiles, HKV, B)](q, k, v, shared, o_part, lse_part, out, lse, enabled,
+    _tile_pass_fwd[(num_tiles, HKV, B)](q, k, v, shared, o_part, lse_part, out, lse,
                                         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                                         out.stride(0), out.stride(1), out.stride(2),
                                         T, S, HI, HKV // HI, num_tiles, scale * LOG2E,

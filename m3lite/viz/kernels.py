@@ -36,7 +36,7 @@ def kv_program_loads(rows, num_blocks):
     """Block loads of the KV-outer kernel: program p loads block rows[p] % NB, once.
 
     Args:
-        rows: int [P] the CSR row of each program (`plan(...).rows`); num_blocks: NB.
+        rows: int [P] the CSR row of each program (`p.rows[p.working()]` of a `plan`); num_blocks: NB.
     Returns:
         int64 [P, NB]: a single 1 per program, in the column of the block it loads.
     """
