@@ -41,6 +41,10 @@ def kv_sweep(case, pattern, repeats, profile=False):
     for c in [32, 64, 128]:
         p = kv.plan(sel, T, BS, G, chunks_per_program=c)
         rows.append((f"partials c{c}", lambda p=p: kv.partials(q, k, v, sel.shape, p, BS, True, scale), p))
+    p64 = kv.plan(sel, T, BS, G)
+    for w, st in [(8, 1), (4, 2), (8, 2)]:
+        rows.append((f"partials c64 w{w} s{st}",
+                     lambda w=w, st=st: kv.partials(q, k, v, sel.shape, p64, BS, True, scale, w, st), p64))
     p128 = kv.plan(sel, T, BS, G, block_m=128, chunks_per_program=32)
     rows.append(("partials bm128 c32 w8", lambda: kv.partials(q, k, v, sel.shape, p128, BS, True, scale, 8), p128))
     rows.append(("v1 combine r128 w4 s2", lambda: kv_v1.combine(o1, l1, q.shape, HI, K), "combine"))

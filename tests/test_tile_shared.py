@@ -148,11 +148,11 @@ def test_auto_takes_the_tile_pass_only_in_tiles_that_share_enough():
 def test_queries_with_heads_innermost_are_read_in_place(tile_rows):
     """q as a [B, HQ, T, D] view of [B, T, HQ, D] memory (what a model's projection gives): the
     kernels take its strides, with the same result as a contiguous copy."""
-    sel = local_selection(1, 2, 40, 40, 8, 3).to(DEVICE)
+    sel = local_selection(1, 2, 40, 64, 16, 3).to(DEVICE)
     q = conftest.randn(1, 40, 8, 16, seed=1, device=DEVICE).transpose(1, 2)
-    k, v = (conftest.randn(1, 2, 40, 16, seed=s, device=DEVICE) for s in (2, 3))
-    out, lse = kv.sparse_attention_kv(q, k, v, sel, 8, True, 0.25, tile_rows=tile_rows)
-    ref, ref_lse = kv.sparse_attention_kv(q.contiguous(), k, v, sel, 8, True, 0.25, tile_rows=tile_rows)
+    k, v = (conftest.randn(1, 2, 64, 16, seed=s, device=DEVICE) for s in (2, 3))
+    out, lse = kv.sparse_attention_kv(q, k, v, sel, 16, True, 0.25, tile_rows=tile_rows)
+    ref, ref_lse = kv.sparse_attention_kv(q.contiguous(), k, v, sel, 16, True, 0.25, tile_rows=tile_rows)
     assert not q.is_contiguous()
     torch.testing.assert_close(out, ref, atol=0, rtol=0)
     torch.testing.assert_close(lse, ref_lse, atol=0, rtol=0)
