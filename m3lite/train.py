@@ -5,6 +5,9 @@ while their indexers learn, by KL distillation, the main attention's mass per bl
 visible block; after that the layers attend sparsely to the indexer's top-k blocks and the
 indexers keep learning over the blocks they selected. Only the answer tokens carry the language
 loss; the indexer loss is added with weight --distill-weight (it reaches only the indexers).
+--concentrate adds a loss that reaches the main attention instead: its mass outside the blocks
+MSA selected (1 - the indexer's recall), so that its heads learn to keep their attention in
+fewer blocks.
 
 Deterministic from --seed: batch `step` is built from example seeds that depend on (seed, step,
 rank) only, so a run stopped and resumed with --resume gives the same weights as one that ran
@@ -52,6 +55,8 @@ def parse_args(argv=None):
                    help="haystacks start with one pair; the most pairs grows to 10 over this many steps (0: off)")
     p.add_argument("--warmup-steps", type=int, default=None, help="dense warm-up steps (default: a quarter)")
     p.add_argument("--distill-weight", type=float, default=1.0)
+    p.add_argument("--concentrate", type=float, default=0.0,
+                   help="weight of a loss on the main attention: its mass outside the selected blocks (0: none)")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--eval-examples", type=int, default=32, help="test examples per task at each evaluation")
     p.add_argument("--ckpt-every", type=int, default=100)
@@ -71,6 +76,8 @@ def parse_args(argv=None):
         model_config(args)
     except (TypeError, ValueError) as error:
         p.error(f"--model: {error}")
+    if args.concentrate < 0:
+        p.error(f"--concentrate must be 0 or more, got {args.concentrate}")
     if args.curriculum_steps < 0:
         p.error(f"--curriculum-steps must be 0 or more, got {args.curriculum_steps}")
     if args.context_len < tasks.min_context_len(2, "audio"):
@@ -121,6 +128,12 @@ def make_batch(args, step, rank, device):
                             key_modality=args.key_modality, max_pairs=max_pairs(args, step)) for seed in seeds]
     tokens, media, loss_mask = tasks.collate(examples)
     return tokens.to(device), {m: x.to(device) for m, x in media.items()}, loss_mask.to(device)
+
+
+def mean_outside_mass(model):
+    """The MSA layers' attention mass outside their selected blocks, at the last step (1 - recall)."""
+    masses = [block.attn.outside_mass for block in model.blocks if block.attn.sparse]
+    return torch.stack(masses).mean().item()
 
 
 def answer_loss(logits, tokens, loss_mask):
@@ -209,7 +222,7 @@ def train(args):
             group["lr"] = learning_rate(args, step)
         tokens, media, loss_mask = make_batch(args, step, rank, device)
         logits, distill = net(tokens, media, attention="dense" if warmup else "msa",
-                              distill="warmup" if warmup else "selected")
+                              distill="warmup" if warmup else "selected", concentrate=args.concentrate)
         lm = answer_loss(logits, tokens, loss_mask)
         distill = torch.zeros((), device=device) if distill is None else distill   # no MSA layers
         loss = lm + args.distill_weight * distill
@@ -220,6 +233,8 @@ def train(args):
         if rank == 0:
             record = {"step": step + 1, "loss": lm.item(), "indexer_kl": distill.item(),
                       "phase": "dense warm-up" if warmup else "msa", "time": time.time()}
+            if args.concentrate > 0:     # indexer_kl then holds the concentration loss too
+                record["outside_mass"] = mean_outside_mass(model)
             bar.set_postfix(loss=f"{record['loss']:.3f}", kl=f"{record['indexer_kl']:.4f}", phase=record["phase"])
             if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
                 record["eval"] = evaluate(model, args, step + 1)

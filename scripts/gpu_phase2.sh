@@ -7,6 +7,8 @@
 #   EVAL_EVERY=N      evaluations every N steps (default 200), checkpoints every N / 2
 #   SEED=N            the training seed (default 0; a continuation with the same seed sees the same batches)
 #   BATCH=N           examples per GPU and step (default 32)
+#   CONCENTRATE=W     phase 2 adds the concentration loss with weight W (m3lite.train --concentrate; default 0)
+#   SKIP_MEASURES=1   train only (measure later with scripts/gpu_measure.sh)
 #   CONTINUE_STEPS=N  first continue phase 1 (256-token haystacks, lr 1e-3) for N steps, into $OUT/phase1b/
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -36,12 +38,6 @@ if [ "${CONTINUE_STEPS:-0}" -gt 0 ]; then
   run phase1b --context-len 256 --steps "$CONTINUE_STEPS" --eval-every 400 --eval-examples 64 --ckpt-every 400
 fi
 run phase2 --context-len 1024 --min-context-len 256 --steps "${PHASE2_STEPS:-800}" --eval-every "$EVAL_EVERY" \
-  --eval-examples 32 --ckpt-every $(( EVAL_EVERY / 2 ))
-RUN=$OUT/phase2
-MODEL_FILE=$RUN/model.safetensors
-python3 scripts/attention_sharpness.py "$MODEL_FILE" --out "$RUN/attention-sharpness.json" > "$RUN/attention-sharpness.txt" 2>&1 &
-python3 scripts/recall_vs_topk.py "$MODEL_FILE" --out "$RUN/recall-vs-topk.json" > "$RUN/recall-vs-topk.txt" 2>&1 &
-timeout "$BUDGET" python3 -m m3lite.evals "$MODEL_FILE" --device cuda --lengths 256 512 1024 2048 4096 \
-  --out "$RUN/haystack.json" > "$RUN/evals.txt" 2>&1
-wait
-tail -n 30 "$RUN"/attention-sharpness.txt "$RUN"/recall-vs-topk.txt "$RUN"/evals.txt
+  --eval-examples 32 --ckpt-every $(( EVAL_EVERY / 2 )) --concentrate "${CONCENTRATE:-0}"
+if [ -n "${SKIP_MEASURES:-}" ]; then exit 0; fi
+bash scripts/gpu_measure.sh "$OUT/phase2/model.safetensors" "$BUDGET"

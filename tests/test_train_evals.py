@@ -32,6 +32,13 @@ def test_resumed_run_equals_straight_run(tmp_path):
     assert "eval" in log[-1] and set(log[-1]["eval"]) >= {"caption", "video", "transcribe", "haystack_msa", "haystack_dense"}
 
 
+def test_concentrate_logs_the_attention_mass_outside_the_selection(tmp_path):
+    train.main(["--out", str(tmp_path), "--concentrate", "0.5"] + ARGS)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert all(0 <= r["outside_mass"] < 1 for r in log) and max(r["outside_mass"] for r in log) > 0
+    # (a batch of short examples, 4 blocks or fewer, leaves nothing outside)
+
+
 def test_resume_refuses_a_different_run(tmp_path):
     train.main(["--out", str(tmp_path)] + ARGS)
     with pytest.raises(ValueError, match="--seed is 1 but"):
@@ -39,7 +46,8 @@ def test_resume_refuses_a_different_run(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [["--steps", "0"], ["--context-len", "10"], ["--max-pairs", "11"],
-                                 ["--curriculum-steps", "-1"], ["--model", "layers=x"], ["--model", "colour=1"],
+                                 ["--curriculum-steps", "-1"], ["--concentrate", "-0.5"], ["--model", "layers=x"],
+                                 ["--model", "colour=1"],
                                  ["--model", "heads=3"]])
 def test_bad_arguments(tmp_path, bad):
     with pytest.raises(SystemExit):

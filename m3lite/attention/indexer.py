@@ -124,13 +124,14 @@ class Indexer(nn.Module):
         return iq, ik
 
 
-def block_attention_mass(q, k, block_size, HI, causal=True, scale=None):
+def block_attention_mass(q, k, block_size, HI, causal=True, scale=None, grad=False):
     """The main attention's mass per key block, averaged over the query heads that share each index
-    head: the indexer's distillation target, float32 [B, HI, T, NB] (rows sum to 1). No gradient."""
+    head: the indexer's distillation target, float32 [B, HI, T, NB] (rows sum to 1). No gradient,
+    unless grad=True (for a loss on the main attention itself)."""
     B, HQ, T, D = q.shape
     HKV, S = k.shape[1], k.shape[2]
     scale = D ** -0.5 if scale is None else scale
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
         kk = k.float().repeat_interleave(HQ // HKV, 1)
         s = (q.float() @ kk.transpose(-1, -2)) * scale                           # [B, HQ, T, S]
         if causal:

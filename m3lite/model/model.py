@@ -16,6 +16,7 @@ from torch import nn
 
 from ..attention import (Indexer, block_attention_mass, block_scores, dense_attention, indexer_distillation_loss,
                          msa_attention, select_blocks, sparse_attention)
+from ..attention.common import chosen_blocks
 from ..attention.rope import apply_rope, rope_angles
 from ..cache import MSACache
 from ..tasks.media import SLOTS
@@ -53,14 +54,17 @@ class Attention(nn.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k, v
 
-    def forward(self, x, attention="msa", distill=None, generator=None, trace=None):
+    def forward(self, x, attention="msa", distill=None, generator=None, trace=None, concentrate=0.0):
         """x [B, T, dim] -> ([B, T, dim], the indexer's distillation loss or None).
 
         attention: "msa" (the indexer picks the blocks), "dense", or "random" (own block plus
         random earlier blocks: what MSA would be without an indexer). distill: None, "warmup"
         (KL over all visible blocks) or "selected" (KL over the selected blocks). trace: a list
         that MSA layers append their q, k, index queries and keys (iq, ik) and
-        selection to (for the indexer's recall and the explorer).
+        selection to (for the indexer's recall and the explorer). concentrate: with distill, the
+        weight of a second loss added to it, the main attention's mass outside the selected blocks
+        (1 - the indexer's recall), which reaches the main attention rather than the indexer; the
+        layer keeps its value in `outside_mass`.
         """
         c = self.config
         B, T, _ = x.shape
@@ -86,8 +90,12 @@ class Attention(nn.Module):
             out = sparse_attention(q, k, v, sel, block_size=c.block_size, order=order, backend="torch")
         loss = None
         if distill:
-            target = block_attention_mass(q.detach(), k.detach(), c.block_size, c.kv_heads)
-            loss = indexer_distillation_loss(scores, target, sel if distill == "selected" else None)
+            mass = block_attention_mass(q, k, c.block_size, c.kv_heads, grad=concentrate > 0)
+            loss = indexer_distillation_loss(scores, mass.detach(), sel if distill == "selected" else None)
+            if concentrate > 0:
+                outside = 1 - (mass * chosen_blocks(sel, mass.shape[-1])).sum(-1).mean()
+                self.outside_mass = outside.detach()
+                loss = loss + concentrate * outside
         if trace is not None:
             trace.append(dict(q=q.detach(), k=k.detach(), iq=iq.detach(), ik=ik.detach(), sel=sel))
         return self.wo(out.transpose(1, 2).reshape(B, T, -1)), loss
@@ -179,8 +187,9 @@ class M3Lite(nn.Module):
                 x = x.masked_scatter(ends[..., None], summaries + x[ends])
         return x
 
-    def forward(self, tokens, media=None, attention="msa", distill=None, generator=None, trace=None):
-        """Logits [B, L, vocab] and the mean indexer distillation loss of the MSA layers (or None)."""
+    def forward(self, tokens, media=None, attention="msa", distill=None, generator=None, trace=None, concentrate=0.0):
+        """Logits [B, L, vocab] and the mean indexer distillation loss of the MSA layers (or None;
+        with `concentrate`, see Attention.forward, it includes the concentration loss)."""
         if attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
         if distill not in (None, "warmup", "selected"):
@@ -188,7 +197,8 @@ class M3Lite(nn.Module):
         x = self.embed_stream(tokens, media or {})
         losses = []
         for block in self.blocks:
-            x, loss = block(x, attention=attention, distill=distill, generator=generator, trace=trace)
+            x, loss = block(x, attention=attention, distill=distill, generator=generator, trace=trace,
+                            concentrate=concentrate)
             if loss is not None:
                 losses.append(loss)
         logits = self.head(self.norm(x))
