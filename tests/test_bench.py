@@ -56,9 +56,11 @@ def test_attended_tokens_counts_visible_pairs():
 
 def test_kv_work_list_covers_every_entry_once():
     from m3lite.kernels.sparse_kv import work_list
-    offsets = torch.tensor([0, 5, 5, 12, 13])
-    rows, starts = work_list(offsets, 4)
-    assert rows.tolist() == [0, 0, 2, 2, 3] and starts.tolist() == [0, 4, 5, 9, 12]
+    offsets = torch.tensor([0, 5, 5, 12, 13])                           # 13 entries of at most 16
+    rows, starts = work_list(offsets, 4, most_entries=16)
+    assert len(rows) == 4 + 16 // 4                                     # room for the most there can be
+    assert rows[:5].tolist() == [0, 0, 2, 2, 3] and starts[:5].tolist() == [0, 4, 5, 9, 12]
+    assert (starts[5:] >= offsets[rows[5:] + 1]).all()                  # the spares have nothing to do
 
 
 def test_decode_benchmark_naive_peer_attends_the_selected_blocks():
