@@ -62,7 +62,8 @@ def test_generate_with_the_cache_equals_greedy_forward(attention, index_rope_dim
     assert new == greedy_without_cache(model, tokens, media, 6, attention)
 
 
-@pytest.mark.parametrize("name", ["m3lite-small", "m3lite-small-sharp", "m3lite-small-sharp-dense2"])
+@pytest.mark.parametrize("name", ["m3lite-small", "m3lite-small-sharp", "m3lite-small-sharp-dense2",
+                                  "m3lite-small-concentrated"])
 def test_shipped_checkpoints_decode_with_the_cache_as_the_forward_does(name):
     from pathlib import Path
 
