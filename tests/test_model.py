@@ -246,6 +246,10 @@ def test_concentration_loss_is_one_minus_recall_and_trains_the_main_attention():
         torch.testing.assert_close(layer.outside_mass, 1 - recall)
     torch.testing.assert_close(both, kl + 0.5 * torch.stack([layer.outside_mass for layer in msa_layers]).mean())
 
+    for bad in ({"concentrate": 0.5}, {"concentrate": -1.0, "distill": "selected"}):
+        with pytest.raises(ValueError, match="concentrate"):
+            model(tokens, media, **bad)
+
     wq = msa_layers[0].wq.weight
     for concentrate, reaches in ((0.0, False), (1.0, True)):
         model.zero_grad()

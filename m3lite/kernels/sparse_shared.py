@@ -168,8 +168,8 @@ def tile_plan(sel, tile, min_share=0.0, num_warps=4):
     num_tiles = triton.cdiv(T, tile)
     shared = new_output((B, HI, num_tiles, K), torch.int32, sel.device)
     rest = new_output((B, HI, T, K), torch.int32, sel.device)
-    _tile_plan[(num_tiles, B * HI)](sel, shared, rest, T, num_tiles, float(min_share), TILE=tile, TILE_POW2=next_pow2(tile),
-                                    SLOTS=K, SLOTS_POW2=next_pow2(K), num_warps=num_warps)
+    _tile_plan[(num_tiles, B * HI)](sel, shared, rest, T, num_tiles, float(min_share), TILE=tile,
+                                    TILE_POW2=next_pow2(tile), SLOTS=K, SLOTS_POW2=next_pow2(K), num_warps=num_warps)
     return shared, rest
 
 

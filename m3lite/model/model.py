@@ -194,6 +194,9 @@ class M3Lite(nn.Module):
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
         if distill not in (None, "warmup", "selected"):
             raise ValueError(f"distill must be None, 'warmup' or 'selected', got {distill!r}")
+        if concentrate < 0 or (concentrate > 0 and distill is None):
+            raise ValueError(f"concentrate must be >= 0 and needs distill ('warmup' or 'selected'), got {concentrate!r} "
+                             f"with distill={distill!r}")
         x = self.embed_stream(tokens, media or {})
         losses = []
         for block in self.blocks:
