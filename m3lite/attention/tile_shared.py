@@ -48,11 +48,10 @@ def shared_blocks(sel, tile, min_share=0.0):
 def shares_enough(sel, shared_per_tile, tile, min_share):
     """[B, HI, NT] bool: do a tile's shared_per_tile blocks, times its queries, make at least
     min_share of the (query, block) pairs its queries chose?"""
-    T = sel.shape[2]
-    queries = torch.arange(T, device=sel.device)
-    queries_per_tile = torch.zeros(shared_per_tile.shape[-1], dtype=torch.long, device=sel.device)
-    queries_per_tile.index_add_(0, queries // tile, torch.ones_like(queries))
-    chosen = torch.zeros_like(shared_per_tile).index_add_(2, queries // tile, (sel >= 0).sum(-1))
+    T, num_tiles = sel.shape[2], shared_per_tile.shape[-1]
+    queries_per_tile = (T - tile * torch.arange(num_tiles, device=sel.device)).clamp(max=tile)   # the last may be partial
+    tile_of_query = torch.arange(T, device=sel.device) // tile
+    chosen = torch.zeros_like(shared_per_tile).index_add_(2, tile_of_query, (sel >= 0).sum(-1))
     return shared_per_tile * queries_per_tile >= min_share * chosen
 
 
