@@ -1,7 +1,7 @@
 """Kernel variants side by side on a GPU, one process: the KV-outer pieces, the tile pass and the indexer.
 
 Usage (GPU only): python3 scripts/sweep_prefill.py [--repeats N] [--cases ...] [--tile-cases ...]
-    [--call-cases ...] [--window-cases ...] [--profile-tile-cases ...] [--indexer-cases ...] > sweep.txt  (indices into m3lite.bench.prefill.CASES)
+    [--call-cases ...] [--profile-tile-cases ...] [--indexer-cases ...] > sweep.txt  (indices into m3lite.bench.prefill.CASES)
 Each variant is checked against the recorded version (scripts/variants/) before it is timed.
 """
 import argparse
@@ -159,30 +159,6 @@ def calls_sweep(case, pattern, repeats):
     torch.cuda.empty_cache()
 
 
-def window_sweep(case, pattern, repeats):
-    """Query windows in the KV-outer plan: the plan, the partials kernel and the whole call for each
-    window, against none (each block's queries in one list, gathered from all of q)."""
-    q, k, v, _, _, sel = case_inputs(case, pattern)
-    T, BS, D, G = case["T"], case["BS"], case["D"], case["HQ"] // case["HKV"]
-    scale = D ** -0.5
-    useful = attention_flops(G, attended_tokens(sel, T, T, BS), D)
-    ref, _ = kv.sparse_attention_kv(q, k, v, sel, BS, True, scale)
-    usel = unique_selection(sel)
-    print(f"{case_name(case)} {pattern}: useful {useful / 1e12:.2f} TFLOP", flush=True)
-    for window in (None, 1024, 2048, 4096, 8192, 16384):
-        p = kv.plan(usel, T, BS, G, window=window)
-        call = lambda w=window: kv.sparse_attention_kv(q, k, v, sel, BS, True, scale, window=w)
-        err = relative_error(call()[0], ref)
-        plan_ms = time_ms(lambda w=window: kv.plan(usel, T, BS, G, window=w), repeats)
-        part_ms = time_ms(lambda p=p: kv.partials(q, k, v, sel.shape, p, BS, True, scale), repeats)
-        call_ms = time_ms(call, repeats)
-        print(f"  window {str(window):5s}: plan {plan_ms:6.2f} ms, partials (all of sel) {part_ms:7.2f} ms; "
-              f"whole call {call_ms:7.2f} ms {useful / call_ms / 1e9:6.1f} TFLOP/s  err vs none {err:.1e}",
-              flush=True)
-    del q, k, v, sel, usel, ref
-    torch.cuda.empty_cache()
-
-
 def tile_profile(case, pattern):
     """torch's profile of the default KV-outer call (tile pass chosen on the device) and of the forced one."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
@@ -235,7 +211,6 @@ if __name__ == "__main__":
     parser.add_argument("--indexer-cases", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--tile-cases", type=int, nargs="*", default=[])
     parser.add_argument("--call-cases", type=int, nargs="*", default=[])
-    parser.add_argument("--window-cases", type=int, nargs="*", default=[])
     parser.add_argument("--patterns", nargs="*", default=["locality", "random"])
     parser.add_argument("--profile-tile-cases", type=int, nargs="*", default=[])
     parser.add_argument("--profile-plan", action="store_true", help="print torch's profile of the plan")
@@ -252,10 +227,6 @@ if __name__ == "__main__":
     for i in args.call_cases:
         for pattern in args.patterns:
             calls_sweep(CASES[i], pattern, args.repeats)
-            print(f"  [{time.time() - t0:.0f} s]", flush=True)
-    for i in args.window_cases:
-        for pattern in args.patterns:
-            window_sweep(CASES[i], pattern, args.repeats)
             print(f"  [{time.time() - t0:.0f} s]", flush=True)
     for i in args.profile_tile_cases:
         for pattern in args.patterns:

@@ -62,18 +62,15 @@ def test_sparse_kernels_half_inputs_match_torch_twin(order, dtype):
     assert out.dtype == dtype and rel_error(out, twin) < TOL[dtype]
 
 
-@pytest.mark.parametrize("block_m,chunks_per_program,window", [(16, 1, None), (16, 3, None), (32, 2, None),
-                                                                (16, 3, 24), (16, 1, 12)])
-def test_kv_kernel_chunk_boundaries(block_m, chunks_per_program, window):
+@pytest.mark.parametrize("block_m,chunks_per_program", [(16, 1), (16, 3), (32, 2)])
+def test_kv_kernel_chunk_boundaries(block_m, chunks_per_program):
     """Small tiles: every block's queries span several programs, each of several chunks, the last
-    ones partial, so the pipelined loop meets every boundary the benchmark sizes have; with query
-    windows, a block's queries are cut at the windows' edges too."""
+    ones partial, so the pipelined loop meets every boundary the benchmark sizes have."""
     from m3lite.kernels import sparse_kv as kv
     q, k, v, sel = inputs((1, 4, 2, 2, 70, 70, 16, 16, 3), seed=7)
     sel = sel.to(DEVICE)
     sel[:, :, 20:40:3, 2] = sel[:, :, 20:40:3, 0]                     # repeated ids: attended once
-    plan = kv.plan(sel, 70, 16, 2, block_m=block_m, chunks_per_program=chunks_per_program, window=window)
-    assert plan.windows == (1 if window is None else -(-70 // window))
+    plan = kv.plan(sel, 70, 16, 2, block_m=block_m, chunks_per_program=chunks_per_program)
     assert (plan.offsets.diff() > plan.entries_per_program).any()       # rows split across programs
     o_part, lse_part = kv.partials(q, k, v, sel.shape, plan, 16, True, 16 ** -0.5)
     out, lse = kv.combine(o_part, lse_part, q.shape, 2, 3)
@@ -82,26 +79,21 @@ def test_kv_kernel_chunk_boundaries(block_m, chunks_per_program, window):
     torch.testing.assert_close(lse, twin_lse, atol=1e-2 if ON_GPU else 1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("num_blocks,window", [(7, None), (40_000, None), (7, 4), (7, 2), (20_000, 5)])
-def test_block_entries_invert_the_selection(num_blocks, window):
-    """The GPU-side inversion lists, per (batch, index head, [query window,] block), the flat
-    indices of the slots that chose the block, in query order, with a repeated id's second slot
-    marked -1. (int16 sort keys below 2**15 rows, int32 ones above.)"""
+@pytest.mark.parametrize("num_blocks", [7, 40_000])                  # int16 sort keys, then int32 ones
+def test_block_entries_invert_the_selection(num_blocks):
+    """The GPU-side inversion lists, per (batch, index head, block), the flat indices of the slots
+    that chose the block, in query order, with a repeated id's second slot marked -1."""
     from m3lite.kernels.sparse_kv import block_entries
     g = torch.Generator().manual_seed(0)
     sel = torch.randint(-1, num_blocks, (2, 3, 9, 4), generator=g, dtype=torch.int32)
     sel[0, 1, 5, 3] = sel[0, 1, 5, 1] = 2                               # a repeat
-    offsets, entries = block_entries(sel.to(DEVICE), num_blocks, window)
+    offsets, entries = block_entries(sel.to(DEVICE), num_blocks)
     offsets, entries = offsets.cpu(), entries.cpu()
-    windows = 1 if window is None else -(-9 // window)
-    assert offsets.shape == (2 * 3 * windows * num_blocks + 1,) and int(offsets[-1]) == int((sel >= 0).sum())
+    assert offsets.shape == (2 * 3 * num_blocks + 1,) and int(offsets[-1]) == int((sel >= 0).sum())
     flat = sel.reshape(-1)
     for row in torch.nonzero(offsets.diff()).flatten().tolist():
-        bhw, j = divmod(row, num_blocks)
-        bh, w = divmod(bhw, windows)
-        queries = range(9) if window is None else range(w * window, min(9, (w + 1) * window))
-        expected = [i for i in range(bh * 36, (bh + 1) * 36)                       # 36 = T * K slots per row
-                    if flat[i] == j and (i % 36) // 4 in queries]
+        bh, j = divmod(row, num_blocks)
+        expected = [i for i in range(bh * 36, (bh + 1) * 36) if flat[i] == j]   # 36 = T * K slots per row
         got = entries[offsets[row]:offsets[row + 1]].tolist()
         first = [e for e in expected if all(flat[e2] != j for e2 in range(e - e % 4, e))]   # a query's first
         assert got == [e if e in first else -1 for e in expected]

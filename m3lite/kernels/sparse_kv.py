@@ -18,17 +18,16 @@ from .sparse_shared import default_tile_rows, tile_pass, tile_plan, tile_size
 @triton.jit
 def _sparse_kv_fwd(Q, K, V, ENTRIES, ROWS, STARTS, OFFSETS, O_PART, LSE_PART,
                    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_ks,
-                   T, S, NB, NW, HI, R, CHUNK, ENTRIES_PER_PROGRAM, qk_scale,
+                   T, S, NB, HI, R, CHUNK, ENTRIES_PER_PROGRAM, qk_scale,
                    G: tl.constexpr, SLOTS: tl.constexpr, CAUSAL: tl.constexpr, BS: tl.constexpr,
                    BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr):
     i_w, i_r = tl.program_id(0), tl.program_id(1)
-    row = tl.load(ROWS + i_w)                          # a (batch, index head, query window, block)
+    row = tl.load(ROWS + i_w)                                          # a (batch, index head, block)
     start = tl.load(STARTS + i_w)
     end = tl.minimum(tl.load(OFFSETS + row + 1), start + ENTRIES_PER_PROGRAM)
     if start >= end:                                                   # a spare program of the work list
         return
-    i_b, i_hi = (row // (HI * NW * NB)).to(tl.int64), ((row // (NW * NB)) % HI).to(tl.int32)
-    j = (row % NB).to(tl.int32)
+    i_b, i_hi, j = (row // (HI * NB)).to(tl.int64), ((row // NB) % HI).to(tl.int32), (row % NB).to(tl.int32)
     i_kv = i_hi * R + i_r
     offs_d = tl.arange(0, HEAD_DIM)
     # -- load the KV block once, for all the chunks of queries below
@@ -157,27 +156,19 @@ def work_list(offsets, per_program, most_entries):
     return rows, offsets[rows] + piece_in_row * per_program
 
 
-def block_entries(sel, num_blocks, window=None):
-    """The selection inverted, without a host sync: (offsets [rows + 1], entries int32 or int64).
+def block_entries(sel, num_blocks):
+    """The selection inverted, without a host sync: (offsets [B*HI*NB + 1], entries int32 or int64).
 
-    entries lists flat indices into sel [B, HI, T, K], grouped by row and in query order within
-    each; row r's entries are entries[offsets[r]:offsets[r + 1]]. A row is a (batch, index head,
-    block), or with `window` a (batch, index head, window of that many queries, block): then a
-    block's queries are cut by window, and the programs of one window, which run together, gather
-    their queries' q from a few MB that stay in L2 instead of from all of q. (Measured on an H200:
-    no faster, data/bench/prefill-window-sweep-2026-11-22-h200.txt.) Unselected slots (-1)
-    sort past the last row instead of being filtered out, which would need a sync. A block that a
-    query chose twice is attended once: the repeat (next to the first after the sort) becomes -1,
-    which the kernel skips.
+    entries lists flat indices into sel [B, HI, T, K], grouped by (batch, index head, block) and in
+    query order within each; row r's entries are entries[offsets[r]:offsets[r + 1]]. Unselected
+    slots (-1) sort past the last row instead of being filtered out, which would need a sync. A
+    block that a query chose twice is attended once: the repeat (next to the first after the sort)
+    becomes -1, which the kernel skips.
     """
     B, HI, T, K = sel.shape
-    windows = 1 if window is None else triton.cdiv(T, window)
-    num_rows = B * HI * windows * num_blocks
+    num_rows = B * HI * num_blocks
     flat = sel.reshape(B * HI, T * K)
-    first_row = torch.arange(B * HI, device=sel.device, dtype=torch.int32)[:, None] * (windows * num_blocks)
-    if windows > 1:
-        query = torch.arange(T, device=sel.device, dtype=torch.int32).repeat_interleave(K)
-        first_row = first_row + (query // window * num_blocks)[None, :]
+    first_row = torch.arange(B * HI, device=sel.device, dtype=torch.int32)[:, None] * num_blocks
     row = torch.where(flat >= 0, first_row + flat, num_rows).reshape(-1)
     key = row.to(torch.int16) if num_rows < 2 ** 15 else row                  # fewer radix-sort passes
     sorted_rows, entries = torch.sort(key, stable=True)    # stable: query order, a query's repeats adjacent
@@ -191,31 +182,26 @@ def block_entries(sel, num_blocks, window=None):
 
 class KVPlan(NamedTuple):
     """What the KV-outer kernel needs besides q, k, v: the inverted selection and the programs."""
-    offsets: torch.Tensor      # [B*HI*windows*NB + 1] where each row's entries start
+    offsets: torch.Tensor      # [B*HI*NB + 1] where each (batch, index head, block)'s entries start
     entries: torch.Tensor      # flat indices into sel, which are also where the partials go
-    rows: torch.Tensor         # [programs] the row (batch, index head, window, block) of each program
+    rows: torch.Tensor         # [programs] the row (batch, index head, block) of each program
     starts: torch.Tensor       # [programs] the program's first entry (past its row's end: a spare)
     block_m: int               # (query, head) rows per tile
     chunk: int                 # queries per tile
     entries_per_program: int
-    windows: int               # query windows a block's queries are cut into (1: none)
 
     def working(self):
         """[programs] bool: the programs with entries to attend (the others are the list's spares)."""
         return self.starts < self.offsets[self.rows + 1]
 
 
-def plan(sel, S, block_size, G, block_m=64, chunks_per_program=64, window=None):
-    """Invert the selection on the GPU and cut every block's query list into programs
-    (by windows of `window` queries first, if given: see block_entries)."""
-    T = sel.shape[2]
-    window = None if window is None or window >= T else window
-    offsets, entries = block_entries(sel, triton.cdiv(S, block_size), window)
+def plan(sel, S, block_size, G, block_m=64, chunks_per_program=64):
+    """Invert the selection on the GPU and cut every block's query list into programs."""
+    offsets, entries = block_entries(sel, triton.cdiv(S, block_size))
     block_m = max(block_m, next_pow2(G))
     chunk = block_m // G
     rows, starts = work_list(offsets, chunk * chunks_per_program, sel.numel())
-    windows = 1 if window is None else triton.cdiv(T, window)
-    return KVPlan(offsets, entries, rows, starts, block_m, chunk, chunk * chunks_per_program, windows)
+    return KVPlan(offsets, entries, rows, starts, block_m, chunk, chunk * chunks_per_program)
 
 
 def partials(q, k, v, sel_shape, kv_plan, block_size, causal, scale, num_warps=4, num_stages=1):
@@ -230,7 +216,7 @@ def partials(q, k, v, sel_shape, kv_plan, block_size, causal, scale, num_warps=4
     if len(p.rows):
         _sparse_kv_fwd[(len(p.rows), R)](q, k, v, p.entries, p.rows, p.starts, p.offsets,
                                          o_part, lse_part, q.stride(0), q.stride(1), q.stride(2),
-                                         k.stride(0), k.stride(1), k.stride(2), T, S, NB, p.windows, HI, R, p.chunk,
+                                         k.stride(0), k.stride(1), k.stride(2), T, S, NB, HI, R, p.chunk,
                                          p.entries_per_program, scale * LOG2E, G=G, SLOTS=K, CAUSAL=causal, BS=block_size,
                                          BLOCK_M=p.block_m, HEAD_DIM=D, UPCAST=UPCAST,
                                          num_warps=num_warps, num_stages=num_stages)
@@ -264,7 +250,7 @@ def combine(o_part, lse_part, q_shape, HI, K, block_r=128, num_warps=4, num_stag
 MIN_SHARE = 0.5
 
 
-def sparse_attention_kv(q, k, v, sel, block_size, causal, scale, tile_rows=None, window=None):
+def sparse_attention_kv(q, k, v, sel, block_size, causal, scale, tile_rows=None):
     """(out [B, HQ, T, D], lse [B, HQ, T] float32); inputs validated (sel may repeat an id).
 
     A program loads one KV block and attends chunks of the queries that chose it, each chunk a
@@ -284,15 +270,13 @@ def sparse_attention_kv(q, k, v, sel, block_size, causal, scale, tile_rows=None,
     k, v = k.contiguous(), v.contiguous()
     G, S, HI, K = q.shape[1] // k.shape[1], k.shape[2], sel.shape[1], sel.shape[3]
     if tile_rows == 0:
-        o_part, lse_part = partials(q, k, v, sel.shape, plan(sel, S, block_size, G, window=window), block_size,
-                                    causal, scale)
+        o_part, lse_part = partials(q, k, v, sel.shape, plan(sel, S, block_size, G), block_size, causal, scale)
         out, lse = combine(o_part, lse_part, q.shape, HI, K)
         return out.to(q.dtype), lse
     rows = default_tile_rows(G, q.shape[-1]) if tile_rows is None else tile_rows
     tile = tile_size(G, rows)[1]
     shared, rest = tile_plan(sel, tile, min_share=MIN_SHARE if tile_rows is None else 0.0)
-    o_part, lse_part = partials(q, k, v, sel.shape, plan(rest, S, block_size, G, window=window), block_size,
-                                causal, scale)
+    o_part, lse_part = partials(q, k, v, sel.shape, plan(rest, S, block_size, G), block_size, causal, scale)
     out, lse = tile_pass(q, k, v, shared, o_part, lse_part, block_size, causal, scale, block_m=rows)
     combine(o_part, lse_part, q.shape, HI, K, shared=shared, tile=tile, out=out, lse=lse)
     return out.to(q.dtype), lse
