@@ -46,17 +46,14 @@ def _sparse_kv_fwd(Q, K, V, ENTRIES, ROWS, STARTS, OFFSETS, O_PART, LSE_PART,
     m_row, t, entry = _chunk_ids(ENTRIES, T, SLOTS, start, end, offs_m, CHUNK, G)
     b_q = _gather_q(p_q, t, m_row, stride_qt, UPCAST)
     n_row, n_t, n_entry = _chunk_ids(ENTRIES, T, SLOTS, start + CHUNK, end, offs_m, CHUNK, G)
-    first_entry = tl.load(ENTRIES + start)                              # the chunk's first, as a scalar
     for first in range(start, end, CHUNK):
         n_q = _gather_q(p_q, n_t, n_row, stride_qt, UPCAST)
         nn_row, nn_t, nn_entry = _chunk_ids(ENTRIES, T, SLOTS, first + 2 * CHUNK, end, offs_m, CHUNK, G)
-        n_first_entry = tl.load(ENTRIES + first + CHUNK, mask=first + CHUNK < end, other=-1)
         # -- exact softmax over this one block: no running max, no rescaling
         s = tl.dot(b_q, b_k)                                            # [BLOCK_M, BS], unscaled
         needs_mask = (j + 1) * BS > S                                   # a partial last block
-        if CAUSAL:  # does the chunk's earliest query, its first (a row lists them in order), see less than the block?
-            t_first = tl.where(first_entry >= 0, (first_entry // SLOTS) % T, -S)   # a repeat (-1): mask anyway
-            needs_mask = needs_mask | ((j + 1) * BS - 1 > t_first + S - T)
+        if CAUSAL:  # does the chunk's earliest query see less than the whole block?
+            needs_mask = needs_mask | ((j + 1) * BS - 1 > tl.min(tl.where(m_row, t, T), 0) + S - T)
         if needs_mask:
             visible = cols[None, :] < S
             if CAUSAL:
@@ -76,7 +73,6 @@ def _sparse_kv_fwd(Q, K, V, ENTRIES, ROWS, STARTS, OFFSETS, O_PART, LSE_PART,
         tl.store(LSE_PART + part, lse, mask=m_row)
         m_row, t, entry, b_q = n_row, n_t, n_entry, n_q                # move the pipeline on
         n_row, n_t, n_entry = nn_row, nn_t, nn_entry
-        first_entry = n_first_entry
 
 
 @triton.jit
