@@ -15,6 +15,7 @@ from m3lite.attention import attention_flops
 from m3lite.attention.sparse import unique_selection
 from m3lite.bench.prefill import CASES, attended_tokens, case_inputs, case_name, relative_error, time_ms
 from m3lite.kernels import indexer as ix
+from m3lite.kernels.common import next_pow2
 from m3lite.attention import tile_shared as ts
 from m3lite.kernels import sparse_kv as kv
 from m3lite.kernels import sparse_shared as sh
@@ -195,11 +196,12 @@ def indexer_sweep(case, repeats):
             err = (out[finite] - ref[finite]).abs().max().item()
             print(f"  {name} block_scores bm{bm} bn{bn} w{w} s{st}: {time_ms(fn, repeats):8.2f} ms  (max diff {err:.1e}, "
                   f"same -inf {same})", flush=True)
-    sel_ref = ix.select_blocks(ref, K, True)
-    for w in (1,):
-        fn = lambda: ix.select_blocks(ref, K, True, num_warps=w)
-        same = torch.equal(fn().sort(-1).values, sel_ref.sort(-1).values)
-        print(f"  select_blocks w{w}: {time_ms(fn, repeats):8.2f} ms (same as w4: {same})", flush=True)
+    one_level = ix.select_blocks(ref, K, True, group=1)
+    for group in (1, None):
+        fn = lambda: ix.select_blocks(ref, K, True, group=group)
+        same = torch.equal(fn(), one_level)
+        name = "one level" if group == 1 else f"two levels, groups of {ix.select_group(next_pow2(ref.shape[-1]), K)}"
+        print(f"  select_blocks, {name}: {time_ms(fn, repeats):8.2f} ms (the same as one level: {same})", flush=True)
     del iq, ik, sel, ref
     torch.cuda.empty_cache()
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import m3lite as m3
 from m3lite import kernels
+from m3lite.kernels.common import next_pow2
 import conftest
 from conftest import masked_reference, rel_error, shape_name as name, sparse_inputs, token_mask
 
@@ -150,6 +151,29 @@ def test_select_blocks_kernel_matches_twin(top_k, local, T, S):
     assert torch.equal(out.sort(-1).values, twin.sort(-1).values)            # the same set of ids
     valid = out >= 0
     assert torch.equal(valid, twin >= 0)                                     # -1 only at the tail
+
+
+@pytest.mark.parametrize("NB,top_k,local", [(300, 5, True), (260, 8, False), (257, 16, True)])
+def test_select_blocks_two_levels_equal_one(NB, top_k, local):
+    """The two-level top-k (the best groups of neighbouring blocks first, then their blocks) picks
+    exactly what one top-k over all blocks picks, in the same order, even where scores tie (the
+    block id breaks ties), and the set the torch twin picks where they do not."""
+    from m3lite.kernels import indexer as ix
+    assert ix.select_group(1024, 16) == 8 and ix.select_group(512, 16) == 4 and ix.select_group(128, 16) == 1
+    g = torch.Generator().manual_seed(NB)
+    ties = torch.randint(0, 4, (1, 2, 3, NB), generator=g).float()
+    ties[0, 0, 1, NB // 3:] = float("-inf")                                 # fewer visible blocks than top_k, or not
+    ties[0, 0, 2, 7:] = float("-inf")
+    ties[0, 1, 0] = float("-inf")                                           # none visible
+    ties = ties.to(DEVICE)
+    two = kernels.indexer.select_blocks(ties, top_k, local)
+    assert ix.select_group(next_pow2(NB), min(next_pow2(top_k), next_pow2(NB))) > 1     # two levels taken
+    assert torch.equal(two, kernels.indexer.select_blocks(ties, top_k, local, group=1))
+    distinct = torch.randn(1, 2, 3, NB, generator=g).to(DEVICE)
+    distinct[0, 1, 2, NB // 2:] = float("-inf")
+    out = kernels.indexer.select_blocks(distinct, top_k, local)
+    twin = m3.select_blocks(distinct, top_k=top_k, local=local, backend="torch")
+    assert torch.equal(out.sort(-1).values, twin.sort(-1).values)
 
 
 @pytest.mark.parametrize("causal", [True, False])

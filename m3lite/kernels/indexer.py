@@ -110,19 +110,27 @@ def block_scores(iq, ik, block_size, causal, scale, block_m=128, block_n=128, nu
 
 @triton.jit
 def _select_blocks_fwd(SCORES, SEL, NB, TOP_K, stride_row, stride_sel,
-                       LOCAL: tl.constexpr, NB_PAD: tl.constexpr, K_PAD: tl.constexpr, NEG_INF_KEY: tl.constexpr):
+                       LOCAL: tl.constexpr, NB_PAD: tl.constexpr, K_PAD: tl.constexpr, NEG_INF_KEY: tl.constexpr,
+                       GROUP: tl.constexpr):
     i_row = tl.program_id(0).to(tl.int64)
+    p_row = SCORES + i_row * stride_row
     offs = tl.arange(0, NB_PAD)
-    s = tl.load(SCORES + i_row * stride_row + offs, mask=offs < NB, other=float("-inf"))
-    visible = s > float("-inf")
-    if LOCAL:                                                         # force the last visible block
-        own = tl.max(tl.where(visible, offs, -1), 0)
-        s = tl.where(offs == own, float("inf"), s)
-    # top-k of (score, id) pairs packed in one int64: an order-preserving int32 of the score above
-    # the id, so one sort key carries both
-    bits = s.to(tl.int32, bitcast=True)
-    key = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64)
-    best = tl.topk((key << 32) | offs.to(tl.int64), K_PAD)
+    s = tl.load(p_row + offs, mask=offs < NB, other=float("-inf"))
+    own = -1
+    if LOCAL:
+        own = tl.max(tl.where(s > float("-inf"), offs, -1), 0)        # the last visible block, forced
+    key = _packed_keys(s, offs, own, LOCAL)
+    if GROUP > 1:
+        # Two levels: the K_PAD groups of GROUP neighbouring blocks with the best maxima hold every
+        # one of the K_PAD best blocks (a group holding one has a maximum at least as good, and at
+        # most K_PAD groups can). So rank the groups first, then only their blocks: two small top-ks
+        # instead of one over all NB_PAD blocks. Keys are unique (the id is in them): no ties.
+        group_best = tl.max(tl.reshape(key, [NB_PAD // GROUP, GROUP]), 1)
+        groups = (tl.topk(group_best, K_PAD) & 0xFFFFFFFF) // GROUP     # a group's best id, over GROUP
+        offs = tl.reshape(groups.to(tl.int32)[:, None] * GROUP + tl.arange(0, GROUP)[None, :], [K_PAD * GROUP])
+        s = tl.load(p_row + offs, mask=offs < NB, other=float("-inf"))   # the candidates, again (cached)
+        key = _packed_keys(s, offs, own, LOCAL)
+    best = tl.topk(key, K_PAD)
     ids = (best & 0xFFFFFFFF).to(tl.int32)
     best_bits = (best >> 32).to(tl.int32)
     was_visible = best_bits > NEG_INF_KEY
@@ -130,14 +138,35 @@ def _select_blocks_fwd(SCORES, SEL, NB, TOP_K, stride_row, stride_sel,
     tl.store(SEL + i_row * stride_sel + offs_k, tl.where(was_visible, ids, -1), mask=offs_k < TOP_K)
 
 
-def select_blocks(scores, top_k, local, num_warps=1):
-    """int32 [B, HI, T, top_k] selection; inputs as for m3lite.select_blocks, already validated."""
+@triton.jit
+def _packed_keys(s, offs, own, LOCAL: tl.constexpr):
+    """(score, block id) pairs packed in one int64 each, so that one sort key carries both: an
+    order-preserving int32 of the score above the id. With LOCAL the own block scores +inf."""
+    if LOCAL:
+        s = tl.where(offs == own, float("inf"), s)
+    bits = s.to(tl.int32, bitcast=True)
+    return ((bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64) << 32) | offs.to(tl.int64)
+
+
+def select_group(nb_pad, k_pad):
+    """Blocks per group for the two-level top-k: the largest power of two g with g * g * k_pad <=
+    nb_pad (two top-ks of about equal size), or 1 (one level) below 4."""
+    group = 1
+    while (2 * group) ** 2 * k_pad <= nb_pad:
+        group *= 2
+    return group if group >= 4 else 1
+
+
+def select_blocks(scores, top_k, local, num_warps=1, group=None):
+    """int32 [B, HI, T, top_k] selection; inputs as for m3lite.select_blocks, already validated.
+    group: blocks per group of the two-level top-k (1: one level; None: `select_group`'s)."""
     B, HI, T, NB = scores.shape
     rows = scores.reshape(-1, NB).float().contiguous()
     nb_pad = max(2, next_pow2(NB))                      # tl.topk needs at least 2 on Triton 3.6
     k_pad = min(max(2, next_pow2(top_k)), nb_pad)
+    group = select_group(nb_pad, k_pad) if group is None else group
     sel = torch.full((rows.shape[0], top_k), -1, dtype=torch.int32, device=scores.device)  # top_k > NB: the rest stay -1
     _select_blocks_fwd[(rows.shape[0],)](rows, sel, NB, min(top_k, k_pad), rows.stride(0), sel.stride(0),
                                         LOCAL=local, NB_PAD=nb_pad, K_PAD=k_pad,
-                                        NEG_INF_KEY=_sort_key(float("-inf")), num_warps=num_warps)
+                                        NEG_INF_KEY=_sort_key(float("-inf")), GROUP=group, num_warps=num_warps)
     return sel.view(B, HI, T, top_k)

@@ -26,6 +26,9 @@ def main():
     sel = m3.select_blocks(scores, top_k=K, backend="triton")
     report["select_blocks_agree"] = float(torch.equal(sel.sort(-1).values,
                                                       m3.select_blocks(scores, top_k=K, backend="torch").sort(-1).values))
+    wide = torch.randn(B, HKV, 16, 300, device=dev, generator=g)      # blocks enough for the two-level top-k
+    report["select_2_levels_agree"] = float(torch.equal(kernels.indexer.select_blocks(wide, 16, True),
+                                                          kernels.indexer.select_blocks(wide, 16, True, group=1)))
     twin = m3.sparse_attention(q.float(), k.float(), v.float(), sel, block_size=BS, backend="torch")
     for order in ("query", "kv"):
         out = m3.sparse_attention(q, k, v, sel, block_size=BS, order=order, backend="triton")
